@@ -1,0 +1,238 @@
+"""PyTorch eager reference of deepgen's GAN train steps, for side-by-side speed comparison.
+
+This is a straightforward PyTorch eager implementation of the two GAN train steps
+(``mlpgan`` and ``dcgan``) -- written the way a competent PyTorch user would write
+them (no torch.compile, no channels_last, torch's default thread count) -- so that
+the JAX implementation in this project can be timed against it on the same machine.
+
+It needs torch installed in a SEPARATE virtual environment. torch is never a
+dependency of this project; nothing in the project imports this file.
+
+Setup and run (from the repository root):
+
+    python3 -m venv /work/torchvenv && /work/torchvenv/bin/pip install torch==2.13.0 numpy
+    /work/torchvenv/bin/python benchmarks/torch_reference.py {mlpgan,dcgan} --batch 128 \
+        [--steps 20] [--repeats 5] [--warmup 3] [--threads N] [--profile-layers]
+
+Prints ONE JSON line:
+    {"framework": "torch", "torch_version", "model", "batch", "steps_per_s",
+     "examples_per_s", "compile_s": 0.0, "threads", "repeats"}
+where steps_per_s is the median over ``repeats`` repetitions of
+(``steps`` timed steps / elapsed seconds), after ``warmup`` untimed steps, and
+examples_per_s = steps_per_s * batch.
+
+One train step = one D update then one G update with the non-saturating loss
+(BCEWithLogitsLoss; D: real->1, G(z).detach()->0; G: D(G(z))->1 with a fresh G
+forward), two Adam optimizers (lr 2e-4, betas (0.5, 0.999)), models in train mode.
+
+``--profile-layers`` (dcgan) additionally prints one JSON line per conv /
+conv-transpose / linear layer with the median forward+backward time of that layer
+alone at the given batch (input requires_grad, so the input gradient is computed
+as in training): {"layer": name, "fwd_bwd_ms": ...}.
+"""
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+from torch import nn
+
+NOISE_DIM = 100
+
+
+# --------------------------------------------------------------------------- models
+class MLPGenerator(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(NOISE_DIM, 256), nn.LeakyReLU(0.2),
+            nn.Linear(256, 256), nn.LeakyReLU(0.2),
+            nn.Linear(256, 784), nn.Tanh(),
+        )
+
+    def forward(self, z):
+        return self.net(z).view(-1, 1, 28, 28)
+
+
+class MLPDiscriminator(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(784, 256), nn.LeakyReLU(0.2),
+            nn.Linear(256, 256), nn.LeakyReLU(0.2),
+            nn.Linear(256, 1),
+        )
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class DCGenerator(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(NOISE_DIM, 7 * 7 * 256, bias=False)
+        self.bn0 = nn.BatchNorm1d(7 * 7 * 256)
+        self.deconv1 = nn.ConvTranspose2d(256, 128, 5, stride=1, padding=2, bias=False)
+        self.bn1 = nn.BatchNorm2d(128)
+        self.deconv2 = nn.ConvTranspose2d(128, 64, 5, stride=2, padding=2, output_padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(64)
+        self.deconv3 = nn.ConvTranspose2d(64, 1, 5, stride=2, padding=2, output_padding=1, bias=False)
+        self.act = nn.LeakyReLU(0.2)
+
+    def forward(self, z):
+        x = self.act(self.bn0(self.fc(z)))
+        x = x.view(-1, 256, 7, 7)
+        x = self.act(self.bn1(self.deconv1(x)))   # 7x7
+        x = self.act(self.bn2(self.deconv2(x)))   # 14x14
+        return torch.tanh(self.deconv3(x))        # 28x28
+
+
+class DCDiscriminator(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 64, 5, stride=2, padding=2)     # 28 -> 14
+        self.conv2 = nn.Conv2d(64, 128, 5, stride=2, padding=2)   # 14 -> 7
+        self.fc = nn.Linear(128 * 7 * 7, 1)
+        self.act = nn.LeakyReLU(0.2)
+        self.drop = nn.Dropout(0.3)
+
+    def forward(self, x):
+        x = self.drop(self.act(self.conv1(x)))
+        x = self.drop(self.act(self.conv2(x)))
+        return self.fc(torch.flatten(x, 1))
+
+
+MODELS = {
+    "mlpgan": (MLPGenerator, MLPDiscriminator),
+    "dcgan": (DCGenerator, DCDiscriminator),
+}
+
+
+# ----------------------------------------------------------------------- train step
+def make_train_step(G, D, batch):
+    criterion = nn.BCEWithLogitsLoss()
+    opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    ones = torch.ones(batch, 1)
+    zeros = torch.zeros(batch, 1)
+
+    def step(real):
+        # --- discriminator update: real -> 1, fake (detached) -> 0
+        z = torch.randn(batch, NOISE_DIM)
+        fake = G(z).detach()
+        opt_d.zero_grad(set_to_none=True)
+        d_loss = criterion(D(real), ones) + criterion(D(fake), zeros)
+        d_loss.backward()
+        opt_d.step()
+
+        # --- generator update: D(G(z)) -> 1 (non-saturating), fresh G forward
+        z = torch.randn(batch, NOISE_DIM)
+        opt_g.zero_grad(set_to_none=True)
+        g_loss = criterion(D(G(z)), ones)
+        g_loss.backward()
+        opt_g.step()
+        return d_loss, g_loss
+
+    return step
+
+
+def self_check(G, D, batch):
+    with torch.no_grad():
+        x = G(torch.randn(batch, NOISE_DIM))
+        assert x.shape == (batch, 1, 28, 28), x.shape
+        assert float(x.abs().max()) <= 1.0
+        y = D(x)
+        assert y.shape == (batch, 1), y.shape
+
+
+# ------------------------------------------------------------------ layer profiling
+def _time_fwd_bwd(layer, x_shape, reps=20, warmup=3):
+    times = []
+    for i in range(warmup + reps):
+        x = torch.randn(*x_shape, requires_grad=True)
+        layer.zero_grad(set_to_none=True)
+        t0 = time.perf_counter()
+        out = layer(x)
+        out.backward(torch.ones_like(out))
+        t1 = time.perf_counter()
+        if i >= warmup:
+            times.append(t1 - t0)
+    return statistics.median(times) * 1e3
+
+
+def profile_layers(G, D, batch):
+    B = batch
+    layers = [
+        ("G.fc Linear(100,12544)", G.fc, (B, NOISE_DIM)),
+        ("G.deconv1 ConvT(256,128,5,s1) 7->7", G.deconv1, (B, 256, 7, 7)),
+        ("G.deconv2 ConvT(128,64,5,s2) 7->14", G.deconv2, (B, 128, 7, 7)),
+        ("G.deconv3 ConvT(64,1,5,s2) 14->28", G.deconv3, (B, 64, 14, 14)),
+        ("D.conv1 Conv(1,64,5,s2) 28->14", D.conv1, (B, 1, 28, 28)),
+        ("D.conv2 Conv(64,128,5,s2) 14->7", D.conv2, (B, 64, 14, 14)),
+        ("D.fc Linear(6272,1)", D.fc, (B, 128 * 7 * 7)),
+    ]
+    for name, layer, shape in layers:
+        print(json.dumps({"layer": name, "fwd_bwd_ms": round(_time_fwd_bwd(layer, shape), 3)}), flush=True)
+
+
+# ---------------------------------------------------------------------------- main
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("model", choices=sorted(MODELS))
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads; default: torch's default")
+    p.add_argument("--profile-layers", action="store_true",
+                   help="(dcgan) also print per-layer forward+backward times")
+    args = p.parse_args()
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    gen_cls, disc_cls = MODELS[args.model]
+    G, D = gen_cls(), disc_cls()
+    G.train()
+    D.train()
+    self_check(G, D, args.batch)
+
+    if args.profile_layers:
+        if args.model != "dcgan":
+            p.error("--profile-layers is only implemented for dcgan")
+        profile_layers(G, D, args.batch)
+
+    step = make_train_step(G, D, args.batch)
+    real = torch.rand(args.batch, 1, 28, 28) * 2 - 1   # images in [-1, 1]
+
+    for _ in range(args.warmup):
+        step(real)
+
+    rates = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            d_loss, g_loss = step(real)
+        d_loss.item(), g_loss.item()   # eager CPU is synchronous; this is just a sanity touch
+        rates.append(args.steps / (time.perf_counter() - t0))
+
+    steps_per_s = statistics.median(rates)
+    print(json.dumps({
+        "framework": "torch",
+        "torch_version": torch.__version__,
+        "model": args.model,
+        "batch": args.batch,
+        "steps_per_s": round(steps_per_s, 3),
+        "examples_per_s": round(steps_per_s * args.batch, 1),
+        "compile_s": 0.0,
+        "threads": torch.get_num_threads(),
+        "repeats": args.repeats,
+    }), flush=True)
+
+
+if __name__ == "__main__":
+    main()

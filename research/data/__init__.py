@@ -1,0 +1,34 @@
+"""Data: IDX files, dataset loading from whichever source has it, batching.
+
+    from research import data
+    train = data.load('mnist', 'train')        # -> data.Split
+    pipeline = data.BatchPipeline({'image': train.images, 'label': train.labels},
+                                  global_batch=128, seed=0)
+    for batch in pipeline.iterate(start_step): ...
+"""
+
+from research.data.datasets import (
+    KNOWN_DATASETS,
+    SPLITS,
+    DatasetUnavailableError,
+    Split,
+    env_var,
+    load,
+    tfds_usable,
+)
+from research.data.idx import IdxError, read_idx, write_idx
+from research.data.pipeline import BatchPipeline
+
+__all__ = [
+    'KNOWN_DATASETS',
+    'SPLITS',
+    'BatchPipeline',
+    'DatasetUnavailableError',
+    'IdxError',
+    'Split',
+    'env_var',
+    'load',
+    'read_idx',
+    'tfds_usable',
+    'write_idx',
+]

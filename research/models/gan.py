@@ -1,0 +1,90 @@
+"""GAN generators and discriminators for 28x28x1 images in [-1, 1]. Math only.
+
+DCGAN (our design):
+    G: z(100) -> Dense 7*7*256 -> BN -> LReLU -> ConvT 5x5 128 /1 -> BN -> LReLU
+                          -> ConvT 5x5 64 /2 -> BN -> LReLU -> ConvT 5x5 1 /2 -> tanh
+    D: Conv 5x5 64 /2 -> LReLU(0.2) -> Dropout 0.3 -> Conv 5x5 128 /2 -> LReLU -> Dropout 0.3 -> Dense 1
+MLP GAN: G 100-256-256-784 (LReLU, tanh out), D 784-256-256-1 (LReLU).
+
+The strided layers use the exact fast forms from `layers.py` (same parameters, same function as
+`nn.ConvTranspose` / `nn.Conv`; see that file for why). The discriminators return logits, shape
+(B,); the losses live in `research/objectives/gan.py`.
+"""
+import flax.linen as nn
+import jax.numpy as jnp
+
+from research.models.layers import SpaceToDepthConv, SubpixelConvTranspose
+
+LEAK = 0.2
+# DCGAN practice (Radford et al. 2016): weights from N(0, 0.02), BN momentum 0.9.
+_init = nn.initializers.normal(0.02)
+
+
+class DCGANGenerator(nn.Module):
+    image_shape: tuple[int, int, int] = (28, 28, 1)
+    base: int = 256
+
+    @nn.compact
+    def __call__(self, z, *, train: bool):
+        h, w, c = self.image_shape
+        if h % 4 or w % 4:
+            raise ValueError(f'DCGANGenerator upsamples 4x: image_shape {self.image_shape} must divide by 4')
+        bn = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9)
+        x = nn.Dense(h // 4 * w // 4 * self.base, use_bias=False, kernel_init=_init)(z)
+        x = nn.leaky_relu(bn()(x), LEAK).reshape(-1, h // 4, w // 4, self.base)
+        x = nn.ConvTranspose(self.base // 2, (5, 5), padding='SAME', use_bias=False, kernel_init=_init)(x)
+        x = nn.leaky_relu(bn()(x), LEAK)
+        x = SubpixelConvTranspose(self.base // 4, 5, 2, use_bias=False, kernel_init=_init)(x)
+        x = nn.leaky_relu(bn()(x), LEAK)
+        x = SubpixelConvTranspose(c, 5, 2, use_bias=False, kernel_init=_init)(x)
+        return jnp.tanh(x)
+
+
+class DCGANDiscriminator(nn.Module):
+    width: int = 64
+    dropout: float = 0.3
+
+    @nn.compact
+    def __call__(self, x, *, train: bool):
+        for features in (self.width, 2 * self.width):
+            x = SpaceToDepthConv(features, 5, 2, kernel_init=_init)(x)
+            x = nn.Dropout(self.dropout, deterministic=not train)(nn.leaky_relu(x, LEAK))
+        return nn.Dense(1, kernel_init=_init)(x.reshape(x.shape[0], -1))[:, 0]
+
+
+class MLPGenerator(nn.Module):
+    image_shape: tuple[int, int, int] = (28, 28, 1)
+    hidden: tuple[int, ...] = (256, 256)
+
+    @nn.compact
+    def __call__(self, z, *, train: bool):
+        del train  # no batch statistics or dropout; the keyword keeps one calling convention
+        x = z
+        for width in self.hidden:
+            x = nn.leaky_relu(nn.Dense(width)(x), LEAK)
+        size = self.image_shape[0] * self.image_shape[1] * self.image_shape[2]
+        return jnp.tanh(nn.Dense(size)(x)).reshape(-1, *self.image_shape)
+
+
+class MLPDiscriminator(nn.Module):
+    hidden: tuple[int, ...] = (256, 256)
+
+    @nn.compact
+    def __call__(self, x, *, train: bool):
+        del train
+        x = x.reshape(x.shape[0], -1)
+        for width in self.hidden:
+            x = nn.leaky_relu(nn.Dense(width)(x), LEAK)
+        return nn.Dense(1)(x)[:, 0]
+
+
+ARCHS = ('dcgan', 'mlp')
+
+
+def make_gan(arch: str, image_shape=(28, 28, 1)) -> tuple[nn.Module, nn.Module]:
+    """(generator, discriminator) for an architecture name from ARCHS."""
+    if arch == 'dcgan':
+        return DCGANGenerator(image_shape=image_shape), DCGANDiscriminator()
+    if arch == 'mlp':
+        return MLPGenerator(image_shape=image_shape), MLPDiscriminator()
+    raise ValueError(f'unknown GAN architecture {arch!r}; known: {", ".join(ARCHS)}')

@@ -1,0 +1,137 @@
+"""The one training loop: it owns resumption, the step schedule, logging and checkpoints.
+
+An experiment hands it an initial state, a pure `step(state, batch) -> (state, metrics)`, a
+`BatchPipeline` and periodic hooks (sample grids, evaluations, exports). The loop
+
+  * resumes from the latest checkpoint in `workdir/checkpoints` if there is one: same parameters,
+    optimizer state and RNG, and since a batch is a pure function of (seed, step), the same next
+    batch;
+  * compiles the step once, ahead of time, for the mesh (so a retrace is an error, not a slowdown);
+  * keeps per-step metrics on the device and fetches them only at logging steps, where it logs
+    their mean over the window and checks every step's losses for NaN/inf;
+  * saves a checkpoint every `checkpoint_every` steps and at the end, never of a non-finite state.
+"""
+import dataclasses
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from research.train import mesh as mesh_lib
+from research.train.checkpoint import Checkpointer
+from research.train.metrics import MetricWriter, Progress
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+@dataclasses.dataclass
+class Hook:
+    """fn(step, state) every `every` steps (and after the last step if `at_end`).
+
+    It may return a dict of values to log (scalars, or (H, W, C) uint8 images for TensorBoard).
+    """
+    every: int
+    fn: Callable[[int, Any], dict | None]
+    at_end: bool = True
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+              if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def _window_mean(window: list[tuple[int, dict]]) -> dict:
+    """Mean of each metric over the window; raises at the first step with a non-finite value."""
+    fetched = jax.device_get([metrics for _, metrics in window])
+    for (step, _), metrics in zip(window, fetched):
+        bad = {k: float(v) for k, v in metrics.items() if not np.isfinite(v)}
+        if bad:
+            raise NonFiniteLossError(
+                f'non-finite loss at step {step}: '
+                + ', '.join(f'{k}={v}' for k, v in bad.items()))
+    return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+
+
+def train(*, workdir: str, state, step_fn, pipeline, mesh, num_steps: int, log_every: int,
+          checkpoint_every: int, hooks: tuple[Hook, ...] = (), max_to_keep: int = 3):
+    """Runs (or resumes) training to `num_steps`; returns the final state."""
+    for name, value in [('num_steps', num_steps), ('log_every', log_every),
+                        ('checkpoint_every', checkpoint_every)]:
+        if value < 1:
+            raise ValueError(f'{name} must be >= 1, got {value}')
+    mesh_lib.check_batch_size(pipeline.global_batch, mesh)
+    checkpoints = Checkpointer(os.path.join(workdir, 'checkpoints'), max_to_keep)
+    progress = Progress(num_steps)
+
+    state = jax.device_put(state, mesh_lib.replicated(mesh))
+    restored = checkpoints.restore_latest(state)
+    if restored is not None:
+        state = restored
+        progress.message(f'resuming from the checkpoint at step {int(state.step)} in '
+                         f'{checkpoints.directory}')
+    start = int(state.step)
+    writer = MetricWriter(workdir, resume_step=start)
+    if start >= num_steps:
+        progress.message(f'already trained {start} >= {num_steps} steps; running the end hooks')
+        for hook in hooks:
+            if hook.at_end:
+                hook.fn(start, state)
+    else:
+        t0 = time.perf_counter()
+        step = mesh_lib.jit_step(step_fn, mesh).lower(
+            state, mesh_lib.to_global_batch(pipeline.batch(start), mesh)).compile()
+        progress.message(f'compiled the train step in {time.perf_counter() - t0:.1f} s '
+                         f'({mesh.size} device(s), global batch {pipeline.global_batch})')
+    last_good = checkpoints.latest_step()
+
+    window, window_start, t_window, hook_s = [], start, time.perf_counter(), 0.0
+    try:
+        for i, local in zip(range(start, num_steps), pipeline.iterate(start)):
+            state, metrics = step(state, mesh_lib.to_global_batch(local, mesh))
+            window.append((i, metrics))
+            done = i + 1
+            last = done == num_steps
+            if done % log_every == 0 or done % checkpoint_every == 0 or last:
+                means = _window_mean(window)
+                elapsed = time.perf_counter() - t_window - hook_s  # hooks are not training
+                steps_per_s = (done - window_start) / elapsed
+                examples_per_s = steps_per_s * pipeline.global_batch
+                progress.update(done, means, examples_per_s, (num_steps - done) / steps_per_s)
+                writer.scalars(done, {**means, 'examples_per_s': examples_per_s})
+                window, window_start, t_window, hook_s = [], done, time.perf_counter(), 0.0
+            if done % checkpoint_every == 0 or last:
+                if not bool(_all_finite(state)):
+                    raise NonFiniteLossError(f'non-finite values in the train state at step {done}')
+                checkpoints.save(done, state)
+                last_good = done
+            for hook in hooks:
+                if done % hook.every == 0 or (last and hook.at_end):
+                    t_hook = time.perf_counter()
+                    logged = hook.fn(done, state) or {}
+                    for name, image in logged.items():
+                        if np.ndim(image) == 3:
+                            writer.image(done, name, image)
+                    scalars = {k: v for k, v in logged.items() if np.ndim(v) == 0}
+                    if scalars:
+                        writer.scalars(done, scalars)
+                        progress.message(f'step {done}: ' + ', '.join(
+                            f'{k} {v:.4g}' for k, v in scalars.items()))
+                    hook_s += time.perf_counter() - t_hook
+    except NonFiniteLossError as e:
+        where = (f'the last good checkpoint is step {last_good} in {checkpoints.directory}'
+                 if last_good is not None else 'no checkpoint was saved')
+        raise NonFiniteLossError(f'{e}; stopping the run: {where}') from None
+    finally:
+        progress.close()
+        checkpoints.wait()
+        checkpoints.close()
+        writer.close()
+    return state

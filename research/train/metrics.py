@@ -1,0 +1,107 @@
+"""Where numbers go: a progress line, `metrics.jsonl` and TensorBoard events (process 0 only).
+
+On resume the writer drops JSONL records and TensorBoard events after the restored step, so both
+describe the run that actually produced the final parameters, not a branch that was lost.
+"""
+import json
+import math
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+from tensorboardX import SummaryWriter
+
+
+class MetricWriter:
+
+    def __init__(self, workdir: str, resume_step: int = 0, enabled: bool | None = None):
+        self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self.jsonl_path = os.path.join(workdir, 'metrics.jsonl')
+        if not self.enabled:
+            return
+        os.makedirs(workdir, exist_ok=True)
+        self._drop_records_after(resume_step)
+        self._jsonl = open(self.jsonl_path, 'a', encoding='utf-8')
+        self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'),
+                                 purge_step=resume_step + 1 if resume_step else None)
+
+    def _drop_records_after(self, step: int) -> None:
+        if not os.path.exists(self.jsonl_path):
+            return
+        with open(self.jsonl_path, encoding='utf-8') as f:
+            kept = [line for line in f if line.strip() and json.loads(line)['step'] <= step]
+        with open(self.jsonl_path, 'w', encoding='utf-8') as f:
+            f.writelines(kept)
+
+    def scalars(self, step: int, values: dict) -> None:
+        if not self.enabled:
+            return
+        values = {k: float(v) for k, v in values.items()}
+        record = {'step': step, 'time': round(time.time(), 3), **values}
+        self._jsonl.write(json.dumps(record) + '\n')
+        self._jsonl.flush()
+        for key, value in values.items():
+            self._tb.add_scalar(key, value, step)
+
+    def image(self, step: int, name: str, image: np.ndarray) -> None:
+        """An (H, W, C) uint8 image into TensorBoard."""
+        if self.enabled:
+            self._tb.add_image(name, image, step, dataformats='HWC')
+
+    def close(self) -> None:
+        if self.enabled:
+            self._jsonl.close()
+            self._tb.close()
+
+
+def format_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return '?'
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f'{seconds}s'
+    if seconds < 3600:
+        return f'{seconds // 60}m{seconds % 60:02d}s'
+    return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m'
+
+
+def progress_line(step: int, total: int, values: dict, examples_per_s: float,
+                  eta_s: float) -> str:
+    parts = [f'step {step}/{total}']
+    parts += [f'{k} {v:.4g}' for k, v in values.items()]
+    parts += [f'{examples_per_s:,.0f} ex/s', f'eta {format_duration(eta_s)}']
+    return ' | '.join(parts)
+
+
+class Progress:
+    """On a terminal, one line redrawn in place with a bar; on a pipe, one plain line per call."""
+
+    def __init__(self, total: int, stream=None, enabled: bool | None = None):
+        self.total = total
+        self.stream = stream or sys.stdout
+        self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self.tty = self.stream.isatty()
+
+    def update(self, step: int, values: dict, examples_per_s: float, eta_s: float) -> None:
+        if not self.enabled:
+            return
+        line = progress_line(step, self.total, values, examples_per_s, eta_s)
+        if self.tty:
+            filled = int(20 * step / max(self.total, 1))
+            self.stream.write(f'\r[{"#" * filled}{"." * (20 - filled)}] {line}\x1b[K')
+        else:
+            self.stream.write(line + '\n')
+        self.stream.flush()
+
+    def message(self, text: str) -> None:
+        """A line that must stay visible (resumption, compile time, final scores)."""
+        if self.enabled:
+            self.stream.write(('\n' if self.tty else '') + text + '\n')
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            self.stream.write('\n')
+            self.stream.flush()
