@@ -27,7 +27,7 @@ from research.models.gan import make_gan
 from research.objectives.gan import init_gan_state, make_gan_step, make_sampler
 from research.train import loop, mesh as mesh_lib
 from research.train.images import image_grid, save_png
-from research.train.run_config import save_config
+from research.train.run_config import define_flags, save_config
 
 PRESETS = ('default', 'mlp', 'smoke')
 
@@ -67,8 +67,9 @@ def run(config: ml_collections.ConfigDict, workdir: str):
     generator, discriminator = make_gan(config.model.arch, image_shape)
     adam = lambda lr: optax.adam(lr, b1=config.optim.b1, b2=config.optim.b2)
     tx_g, tx_d = adam(config.optim.lr_g), adam(config.optim.lr_d)
-    state = init_gan_state(jax.random.PRNGKey(config.seed), generator, discriminator, tx_g, tx_d,
-                           config.model.z_dim, image_shape)
+    init = jax.jit(lambda key: init_gan_state(key, generator, discriminator, tx_g, tx_d,
+                                              config.model.z_dim, image_shape))
+    state = init(jax.random.PRNGKey(config.seed))  # jitted: op-by-op init takes seconds on CPU
     step = make_gan_step(generator, discriminator, tx_g, tx_d, loss=config.loss.kind,
                          z_dim=config.model.z_dim, gp_weight=config.loss.gp_weight,
                          ema_decay=config.ema_decay)
@@ -116,8 +117,6 @@ def main(argv):
     run(config, workdir)
 
 
-if __name__ == '__main__':
-    from ml_collections import config_flags  # flags only when run, not when loaded as a config
-    config_flags.DEFINE_config_file('config', __file__, 'experiment config: PATH[:PRESET]')
-    flags.DEFINE_string('workdir', None, 'run directory (default runs/gan_mnist[_PRESET])')
+if __name__ == '__main__':  # flags only when run, not when loaded as a config file
+    define_flags(__file__, 'runs/gan_mnist[_PRESET]')
     app.run(main)

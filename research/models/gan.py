@@ -13,7 +13,7 @@ The strided layers use the exact fast forms from `layers.py` (same parameters, s
 import flax.linen as nn
 import jax.numpy as jnp
 
-from research.models.layers import SpaceToDepthConv, SubpixelConvTranspose
+from research.models.layers import FourierConvTranspose, SubpixelConvTranspose
 
 LEAK = 0.2
 # DCGAN practice (Radford et al. 2016): weights from N(0, 0.02), BN momentum 0.9.
@@ -32,7 +32,7 @@ class DCGANGenerator(nn.Module):
         bn = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9)
         x = nn.Dense(h // 4 * w // 4 * self.base, use_bias=False, kernel_init=_init)(z)
         x = nn.leaky_relu(bn()(x), LEAK).reshape(-1, h // 4, w // 4, self.base)
-        x = nn.ConvTranspose(self.base // 2, (5, 5), padding='SAME', use_bias=False, kernel_init=_init)(x)
+        x = FourierConvTranspose(self.base // 2, 5, use_bias=False, kernel_init=_init)(x)
         x = nn.leaky_relu(bn()(x), LEAK)
         x = SubpixelConvTranspose(self.base // 4, 5, 2, use_bias=False, kernel_init=_init)(x)
         x = nn.leaky_relu(bn()(x), LEAK)
@@ -47,7 +47,7 @@ class DCGANDiscriminator(nn.Module):
     @nn.compact
     def __call__(self, x, *, train: bool):
         for features in (self.width, 2 * self.width):
-            x = SpaceToDepthConv(features, 5, 2, kernel_init=_init)(x)
+            x = nn.Conv(features, (5, 5), strides=(2, 2), padding='SAME', kernel_init=_init)(x)
             x = nn.Dropout(self.dropout, deterministic=not train)(nn.leaky_relu(x, LEAK))
         return nn.Dense(1, kernel_init=_init)(x.reshape(x.shape[0], -1))[:, 0]
 

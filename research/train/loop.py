@@ -96,8 +96,8 @@ def train(*, workdir: str, state, step_fn, pipeline, mesh, num_steps: int, log_e
     try:
         for i, local in zip(range(start, num_steps), pipeline.iterate(start)):
             state, metrics = step(state, mesh_lib.to_global_batch(local, mesh))
-            window.append((i, metrics))
-            done = i + 1
+            done = i + 1  # steps are counted from 1: step k leaves state.step == k
+            window.append((done, metrics))
             last = done == num_steps
             if done % log_every == 0 or done % checkpoint_every == 0 or last:
                 means = _window_mean(window)

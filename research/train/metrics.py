@@ -24,8 +24,11 @@ class MetricWriter:
         os.makedirs(workdir, exist_ok=True)
         self._drop_records_after(resume_step)
         self._jsonl = open(self.jsonl_path, 'a', encoding='utf-8')
+        # Event files are named by the second they are opened and the host: the suffix keeps a
+        # run resumed within the same second from truncating the previous writer's file.
         self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'),
-                                 purge_step=resume_step + 1 if resume_step else None)
+                                 purge_step=resume_step + 1 if resume_step else None,
+                                 filename_suffix=f'.{os.getpid()}.{resume_step}')
 
     def _drop_records_after(self, step: int) -> None:
         if not os.path.exists(self.jsonl_path):

@@ -1,6 +1,7 @@
 """The run's config in the workdir, so a resumed run says what changed since it started."""
 import json
 import os
+import sys
 
 import jax
 from absl import logging
@@ -35,3 +36,23 @@ def save_config(config, workdir: str) -> dict:
         with open(path, 'w', encoding='utf-8') as f:
             json.dump(new, f, indent=2)
     return changed
+
+
+def define_flags(config_file: str, default_workdir: str) -> None:
+    """--config (PATH[:PRESET] plus --config.KEY=VALUE overrides) and --workdir, for app.run.
+
+    ml_collections reads the overrides from sys.argv while defining the flag and reports a key the
+    config lacks as a bare AttributeError traceback; this names the override instead.
+    """
+    from absl import flags
+    from ml_collections import config_flags
+    try:
+        config_flags.DEFINE_config_file('config', config_file, 'experiment config: PATH[:PRESET]')
+    except (AttributeError, KeyError) as e:
+        missing = str(e).strip('"\'')
+        culprits = [a for a in sys.argv if a.startswith('--config.')
+                    and missing in a.split('=')[0].split('.')[1:]]
+        sys.exit(f'FATAL Flags parsing error: unknown config key {missing!r} in '
+                 f'{" ".join(culprits) or "the --config overrides"}; an override can only set a '
+                 f'key that get_config() in {config_file} defines')
+    flags.DEFINE_string('workdir', None, f'run directory (default {default_workdir})')

@@ -1,0 +1,63 @@
+"""Shared setup: 8 virtual CPU devices, the repo on sys.path, a small MLP GAN for many tests."""
+import os
+
+# Before anything imports jax: tests need several devices to check data parallelism.
+_DEVICES_FLAG = '--xla_force_host_platform_device_count=8'
+if _DEVICES_FLAG not in os.environ.get('XLA_FLAGS', ''):
+    os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' + _DEVICES_FLAG).strip()
+
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# `pytest` (not `python -m pytest`) does not put the repository root on sys.path.
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from research.models.gan import make_gan
+from research.objectives.gan import init_gan_state, make_gan_step
+
+Z_DIM = 100
+IMAGE_SHAPE = (28, 28, 1)
+
+
+def random_images(n, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, *IMAGE_SHAPE), dtype=np.uint8)
+
+
+def copy_tree(tree):
+    # Steps are jitted with donate_argnums=0, so every run needs its own buffers.
+    return jax.tree.map(jnp.copy, tree)
+
+
+def build_gan(arch='mlp', loss='non_saturating', lr_g=2e-4, lr_d=2e-4, ema_decay=0.0, seed=0,
+              optimizer=None):
+    """Networks, optimizers, a pure step and an initial state, as the experiments build them."""
+    generator, discriminator = make_gan(arch, IMAGE_SHAPE)
+    optimizer = optimizer or (lambda lr: optax.adam(lr, b1=0.5, b2=0.999))
+    tx_g, tx_d = optimizer(lr_g), optimizer(lr_d)
+    init = lambda key: init_gan_state(key, generator, discriminator, tx_g, tx_d, Z_DIM,
+                                      IMAGE_SHAPE)
+    # Op by op, the DCGAN's init compiles dozens of small ops (seconds); the MLP's ops are few
+    # and, once compiled, reused by every later MLP init, which a jitted init would not be.
+    state = (jax.jit(init) if arch == 'dcgan' else init)(jax.random.PRNGKey(seed))
+    step = make_gan_step(generator, discriminator, tx_g, tx_d, loss=loss, z_dim=Z_DIM,
+                         ema_decay=ema_decay)
+    return types.SimpleNamespace(generator=generator, discriminator=discriminator, tx_g=tx_g,
+                                 tx_d=tx_d, state=state, step=step,
+                                 fresh_state=lambda: copy_tree(state))
+
+
+@pytest.fixture(scope='session')
+def mlp_gan():
+    """The MLP GAN with the non-saturating loss; share its step object so compiles are reused."""
+    return build_gan('mlp')
+

