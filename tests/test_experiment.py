@@ -104,7 +104,8 @@ def test_presets():
     assert gan_mnist.get_config('mlp').model.arch == 'mlp'
     smoke = gan_mnist.get_config('smoke')
     assert (smoke.train.batch_size, smoke.train.steps, smoke.export.num_samples) == (16, 4, 40)
-    assert gan_mnist.get_config().train.steps == 1000
+    default = gan_mnist.get_config()  # the run the module docstring and the README describe
+    assert (default.model.arch, default.train.batch_size, default.train.steps) == ('dcgan', 32, 2400)
     with pytest.raises(ValueError, match="unknown preset 'nope' for gan_mnist; "
                        'presets: default, mlp, smoke'):
         gan_mnist.get_config('nope')

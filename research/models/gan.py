@@ -6,8 +6,8 @@ DCGAN (our design):
     D: Conv 5x5 64 /2 -> LReLU(0.2) -> Dropout 0.3 -> Conv 5x5 128 /2 -> LReLU -> Dropout 0.3 -> Dense 1
 MLP GAN: G 100-256-256-784 (LReLU, tanh out), D 784-256-256-1 (LReLU).
 
-The strided layers use the exact fast forms from `layers.py` (same parameters, same function as
-`nn.ConvTranspose` / `nn.Conv`; see that file for why). The discriminators return logits, shape
+The generator's transposed convolutions use the exact fast forms from `layers.py` (same
+parameters, same function as `nn.ConvTranspose`; see that file for why). The discriminators return logits, shape
 (B,); the losses live in `research/objectives/gan.py`.
 """
 import flax.linen as nn
