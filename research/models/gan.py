@@ -2,13 +2,14 @@
 
 DCGAN (our design):
     G: z(100) -> Dense 7*7*256 -> BN -> LReLU -> ConvT 5x5 128 /1 -> BN -> LReLU
-                          -> ConvT 5x5 64 /2 -> BN -> LReLU -> ConvT 5x5 1 /2 -> tanh
-    D: Conv 5x5 64 /2 -> LReLU(0.2) -> Dropout 0.3 -> Conv 5x5 128 /2 -> LReLU -> Dropout 0.3 -> Dense 1
+              -> ConvT 5x5 64 /2 -> BN -> LReLU -> ConvT 5x5 1 /2 -> tanh
+    D: Conv 5x5 64 /2 -> LReLU(0.2) -> Dropout 0.3 -> Conv 5x5 128 /2 -> LReLU -> Dropout 0.3
+              -> Dense 1
 MLP GAN: G 100-256-256-784 (LReLU, tanh out), D 784-256-256-1 (LReLU).
 
 The generator's transposed convolutions use the exact fast forms from `layers.py` (same
-parameters, same function as `nn.ConvTranspose`; see that file for why). The discriminators return logits, shape
-(B,); the losses live in `research/objectives/gan.py`.
+parameters, same function as `nn.ConvTranspose`; see that file for why). The discriminators
+return logits, shape (B,); the losses live in `research/objectives/gan.py`.
 """
 import flax.linen as nn
 import jax.numpy as jnp
@@ -28,7 +29,8 @@ class DCGANGenerator(nn.Module):
     def __call__(self, z, *, train: bool):
         h, w, c = self.image_shape
         if h % 4 or w % 4:
-            raise ValueError(f'DCGANGenerator upsamples 4x: image_shape {self.image_shape} must divide by 4')
+            raise ValueError(f'DCGANGenerator upsamples 4x: image_shape {self.image_shape} '
+                             'must divide by 4')
         bn = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9)
         x = nn.Dense(h // 4 * w // 4 * self.base, use_bias=False, kernel_init=_init)(z)
         x = nn.leaky_relu(bn()(x), LEAK).reshape(-1, h // 4, w // 4, self.base)

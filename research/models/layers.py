@@ -42,6 +42,12 @@ def _tap_table(k: int, s: int, offset: int) -> tuple[np.ndarray, int]:
     return np.where((t >= 0) & (t < k), t, k), d_min
 
 
+def _transpose_pad_lo(k: int, s: int) -> int:
+    """Padding lax.conv_transpose(..., 'SAME') puts before the dilated input (its private
+    `_conv_transpose_padding`), which fixes where each output pixel's taps fall."""
+    return math.ceil((k + s - 2) / 2) if s <= k - 1 else k - 1
+
+
 def _gather_kernel(kernel, table):
     """(k, k, I, O) kernel -> (D, D, s, s, I, O) by the tap table; missing taps are zero."""
     padded = jnp.pad(kernel, ((0, 1), (0, 1), (0, 0), (0, 0)))
@@ -68,7 +74,7 @@ class SubpixelConvTranspose(nn.Module):
         k, s, o = self.kernel_size, self.strides, self.features
         n, h, w, c = x.shape
         kernel = self.param('kernel', self.kernel_init, (k, k, c, o))
-        pad_lo = math.ceil((k + s - 2) / 2) if s <= k - 1 else k - 1  # lax._conv_transpose_padding
+        pad_lo = _transpose_pad_lo(k, s)
         # Tap for output phase a at offset d is s*d + pad_lo - a: index phases backwards.
         table, d_min = _tap_table(k, s, pad_lo - (s - 1))
         table = table[:, ::-1]
@@ -77,7 +83,7 @@ class SubpixelConvTranspose(nn.Module):
         sub = jnp.transpose(sub, (0, 1, 4, 2, 3, 5)).reshape(depth, depth, c, s * s * o)
         pad = (-d_min, depth - 1 + d_min)
         y = lax.conv_general_dilated(x, sub.astype(x.dtype), (1, 1), (pad, pad),
-                                                                  dimension_numbers=_DIMS)
+                                     dimension_numbers=_DIMS)
         y = y.reshape(n, h, w, s, s, o).transpose(0, 1, 3, 2, 4, 5).reshape(n, h * s, w * s, o)
         if self.use_bias:
             y = y + self.param('bias', self.bias_init, (o,)).astype(y.dtype)
@@ -130,9 +136,9 @@ class FourierConvTranspose(nn.Module):
         k, o = self.kernel_size, self.features
         n, h, w, c = x.shape
         kernel = self.param('kernel', self.kernel_init, (k, k, c, o))
-        # lax.conv_transpose 'SAME' at stride 1 pads ceil((k-1)/2) before; the full linear
-        # convolution of the flipped kernel is offset by (k-1) - pad_lo from that output.
-        crop = (k - 1) - math.ceil((k - 1) / 2)
+        # The full linear convolution of the flipped kernel is offset by (k-1) - pad_lo from the
+        # 'SAME' output.
+        crop = (k - 1) - _transpose_pad_lo(k, 1)
         to_bins, kernel_to_bins, from_bins, nb = _dft_matrices(h, w, k, k, crop, crop)
         xf = jnp.einsum('bpc,pq->qbc', x.reshape(n, h * w, c), to_bins.astype(x.dtype))
         xf = jnp.concatenate([xf[:nb], xf[nb:]], -1)  # (nb, n, [re | im] 2c)
