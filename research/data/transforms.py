@@ -1,0 +1,36 @@
+"""Dataset-level transforms, done once in numpy before batching.
+
+  binarize   each pixel becomes 255 with probability pixel/255, else 0, from a seed: the fixed
+             ("statically") binarized MNIST used to report likelihoods. (Dynamic binarization,
+             a fresh draw per batch, happens inside the train step instead.)
+  hold_out   splits off the last n examples of a seeded permutation as an evaluation set, for
+             when no separate test split exists; experiments then name it 'heldout', never 'test'.
+"""
+import dataclasses
+
+import numpy as np
+
+from research.data.datasets import Split
+
+
+def binarize(images: np.ndarray, seed) -> np.ndarray:
+    """uint8 grey levels -> uint8 {0, 255}, P(255) = pixel / 255, reproducible from `seed` (anything
+    numpy.random.default_rng takes)."""
+    if images.dtype != np.uint8:
+        raise ValueError(f'binarize expects uint8 pixels, got {images.dtype}')
+    draws = np.random.default_rng(seed).random(images.shape, dtype=np.float32)
+    return np.where(draws * 255 < images, 255, 0).astype(np.uint8)
+
+
+def hold_out(split: Split, n: int, seed: int) -> tuple[Split, Split]:
+    """(rest, held out n) of `split`, chosen by a permutation drawn from `seed`."""
+    if not 0 < n < len(split.labels):
+        raise ValueError(f'hold_out needs 0 < n < {len(split.labels)} (the size of '
+                         f'{split.source}), got n={n}')
+    order = np.random.default_rng(seed).permutation(len(split.labels))
+    keep, held = np.sort(order[:-n]), order[-n:]  # held out in random order, not label order
+    part = lambda idx, what: dataclasses.replace(
+        split, images=split.images[idx], labels=split.labels[idx],
+        source=f'{split.source}, {what}')
+    return (part(keep, f'all but {n} held out (seed {seed})'),
+            part(held, f'{n} held out (seed {seed})'))
