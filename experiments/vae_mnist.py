@@ -46,7 +46,7 @@ from absl import app, flags, logging
 
 from research import data
 from research.evals import likelihood as likelihood_eval
-from research.evals.vae_pictures import VAEPictures
+from research.evals.vae_pictures import VAEPictures, pick
 from research.models.vae import ARCHS, make_vae
 from research.objectives import likelihoods
 from research.objectives.vae import OBJECTIVES, init_vae_state, make_vae_step
@@ -135,10 +135,7 @@ def run(config: ml_collections.ConfigDict, workdir: str):
         vae, likelihood=lik, batch_size=config.eval.batch_size, mesh=mesh, k=config.eval.k,
         chunk=config.eval.chunk)
     eval_key = jax.random.PRNGKey(config.seed + 7)
-    # Pictures show the same evaluation examples all run long, drawn across the whole set
-    # (with repeats only if it has fewer than 48).
-    shown = test_images[np.random.default_rng(0).choice(len(test_images), 48,
-                                                        replace=len(test_images) < 48)]
+    shown = test_images[pick(len(test_images), 48)]  # the same examples all run long
     samples_dir = os.path.join(workdir, 'samples')
     os.makedirs(samples_dir, exist_ok=True)
 

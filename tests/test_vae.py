@@ -23,7 +23,7 @@ from research.data import datasets
 from research.data.datasets import DatasetUnavailableError, Split
 from research.evals import likelihood as likelihood_eval
 from research.evals.likelihood import DatasetEvaluator, evaluate_vae, importance_sampled_log_px
-from research.evals.vae_pictures import VAEPictures
+from research.evals.vae_pictures import VAEPictures, pick
 from research.models.vae import ConvDecoder, make_vae
 from research.objectives import likelihoods
 from research.objectives import vae as vae_lib
@@ -635,6 +635,14 @@ def test_eight_devices_match_one_device(iwae_runs):
 
 
 # Pictures.
+
+def test_pictures_pick_spread_examples_and_repeat_only_when_short():
+    picked = pick(5000, 48)
+    assert len(set(picked.tolist())) == 48 and picked.max() > 2500  # not just the first ones
+    np.testing.assert_array_equal(picked, pick(5000, 48))  # the same examples every time
+    short = pick(40, 48)
+    assert len(short) == 48 and set(short.tolist()) <= set(range(40))
+
 
 def test_vae_pictures(digits):
     # Every decode below is of 16 rows, so the jitted decoder compiles once; random parameters

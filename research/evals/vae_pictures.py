@@ -17,6 +17,11 @@ from research.objectives import likelihoods
 from research.train.images import image_grid
 
 
+def pick(n: int, count: int, seed: int = 0) -> np.ndarray:
+    """`count` indices spread over range(n) by a seeded draw; repeats only if n < count."""
+    return np.random.default_rng(seed).choice(n, count, replace=n < count)
+
+
 class VAEPictures:
     def __init__(self, vae, likelihood: str):
         self.likelihood = likelihood
