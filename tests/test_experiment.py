@@ -73,8 +73,12 @@ def test_smoke_run_leaves_its_outputs(smoke):
     assert images.shape == (40, 28, 28, 1) and images.dtype == np.uint8
     assert int(first['samples']['step']) == 4
     assert len(np.unique(images.reshape(40, -1), axis=0)) == 40  # 40 different samples
-    assert [r['step'] for r in first['records']] == [2, 4]
+    assert [r['step'] for r in first['records']] == [2, 4, 4]  # the last: the end scores
     assert {'d_loss', 'g_loss', 'examples_per_s'} <= set(first['records'][0])
+    scores = first['records'][2]
+    assert {'scores/fid', 'scores/kid', 'scores/kid_std', 'scores/classifier_score',
+            'scores/classifier_score_std'} <= set(scores)
+    assert scores['scores/fid'] > 0 and 1 <= scores['scores/classifier_score'] <= 10
     assert any(name.startswith('events.out.tfevents') for name in first['tensorboard'])
     assert first['checkpoints'] == ['2', '4']
     assert first['config']['preset'] == 'smoke' and first['config']['train']['steps'] == 4
@@ -95,8 +99,8 @@ def test_smoke_rerun_with_more_steps_resumes(smoke, capsys, monkeypatch):
     assert second['samples']['images'].shape == (40, 28, 28, 1)
     assert not np.array_equal(second['samples']['images'], first['samples']['images'])
     assert second['pngs'] == ['step_000002.png', 'step_000004.png', 'step_000006.png']
-    assert [r['step'] for r in second['records']] == [2, 4, 6]
-    assert second['records'][:2] == first['records']
+    assert [r['step'] for r in second['records']] == [2, 4, 4, 6, 6]
+    assert second['records'][:3] == first['records']
     assert second['config']['train']['steps'] == 6
 
 

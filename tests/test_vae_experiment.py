@@ -229,7 +229,9 @@ def test_smoke_metrics_and_final_line(smoke):
     assert set(evals[0]) == {'step', 'time', 'heldout/elbo', 'heldout/elbo_sem'}
     last = evals[1]
     assert set(last) == {'step', 'time', 'heldout/elbo', 'heldout/elbo_sem', 'heldout/nll',
-                         'heldout/nll_sem', 'heldout/nll_bits_per_dim'}
+                         'heldout/nll_sem', 'heldout/nll_bits_per_dim', 'scores/fid',
+                         'scores/kid', 'scores/kid_std', 'scores/classifier_score',
+                         'scores/classifier_score_std'}  # and the samples' scores
     assert all(np.isfinite(v) for v in last.values())
     assert last['heldout/elbo'] < 0 and last['heldout/nll'] > 0 and last['heldout/nll_sem'] > 0
     assert last['heldout/nll_bits_per_dim'] == pytest.approx(last['heldout/nll'] / (784 * LN2))

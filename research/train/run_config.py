@@ -56,3 +56,24 @@ def define_flags(config_file: str, default_workdir: str) -> None:
                  f'{" ".join(culprits) or "the --config overrides"}; an override can only set a '
                  f'key that get_config() in {config_file} defines')
     flags.DEFINE_string('workdir', None, f'run directory (default {default_workdir})')
+
+
+def experiment_main(name: str, run, check_config=None):
+    """The absl `main` of an experiment: --workdir defaults to runs/NAME[_PRESET], and a config
+    that `check_config` rejects stops with its message (not a traceback) before anything runs."""
+    from absl import app, flags
+
+    def main(argv):
+        if len(argv) > 1:
+            raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+        config = flags.FLAGS.config
+        workdir = flags.FLAGS.workdir or os.path.join(
+            'runs', name + ('' if config.preset == 'default' else f'_{config.preset}'))
+        if check_config is not None:
+            try:
+                check_config(config)
+            except ValueError as e:
+                sys.exit(f'FATAL bad config: {e}')
+        run(config, workdir)
+
+    return main

@@ -1,0 +1,190 @@
+"""Scores generated images against real data with a dataset's pinned judge: one JSON line.
+
+    python -m research.evals.score runs/gan_mnist/samples.npz --dataset mnist
+    python -m research.evals.score --floor --dataset mnist --test-dir ../shared/data/mnist-t10k
+    python -m research.evals.score --floor --dataset fashion_mnist
+
+The samples file is an .npz with key `images`: uint8 (N, H, W, C), as the GAN and VAE
+experiments write it. The line holds the Frechet distance (`fid`) and kernel distance (`kid`,
+`kid_std`) between the judge's penultimate features of the samples and of the real reference
+images, and the classifier score of the samples (see research/evals/scores.py).
+
+The reference is the real training split by default (`--reference-split train`): the data the
+generative models learn from, and how the GAN literature computes FID. `--floor` scores real
+test images (`--test-dir` names their IDX directory) against that same reference instead of a
+samples file: what a perfect generator would get at that sample size, the floor to quote beside
+a model's numbers. FID falls as N grows, so compare numbers at equal N (the experiments write
+10,000 samples); KID is unbiased at any N.
+
+`score_images` is the same as a library call, for experiments to run at the end of training;
+the reference features are computed once per process for each (dataset, split, data source,
+judge).
+"""
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+
+import numpy as np
+from absl import logging
+
+from research import data
+from research.evals import scores
+
+KID_SUBSET_SIZE = 1000
+CLASSIFIER_SCORE_SPLITS = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class _Reference:
+    features: np.ndarray  # (N, F) float64
+    image_shape: tuple  # (H, W, C) of the real images
+    mean: np.ndarray
+    cov: np.ndarray
+    description: str  # which real data, e.g. 'mnist/train, 5000 images: <source>'
+
+
+_REFERENCES: dict[tuple, _Reference] = {}  # per-process cache, see _reference
+
+
+def score_images(images: np.ndarray, dataset: str, *, reference_images: np.ndarray | None = None,
+                 reference_split: str = 'train', data_dir: str | None = None, judge=None,
+                 kid_subsets: int = 100) -> dict:
+    """FID, KID and classifier score of uint8 (N, H, W, C) `images` under `dataset`'s judge.
+
+    The reference is `reference_images` if given, else `research.data.load(dataset,
+    reference_split, data_dir)`. `judge` defaults to `research.evals.judge.load_judge(dataset)`;
+    anything with its interface (`dataset`, `sha256`, `info`, `features`, `probs`) will do.
+    """
+    _check_images(images, 'images')  # before the seconds of loading the judge and the reference
+    if judge is None:
+        from research.evals.judge import load_judge  # imports jax and flax; only when needed
+
+        judge = load_judge(dataset)
+    if judge.dataset != dataset:
+        raise ValueError(f'the judge was trained on {judge.dataset!r}, not on {dataset!r}')
+    if reference_images is not None:
+        _check_images(reference_images, 'reference_images')
+        reference = _featurize(judge, reference_images,
+                               f'reference_images argument, {len(reference_images)} images')
+    else:
+        reference = _reference(judge, dataset, reference_split, data_dir)
+    if images.shape[1:] != reference.image_shape:
+        raise ValueError(f'images have shape {images.shape[1:]} per image, the {dataset} '
+                         f'reference {reference.image_shape}')
+    features = judge.features(images)
+    kid, kid_std = scores.kernel_distance(features, reference.features, subsets=kid_subsets,
+                                          subset_size=KID_SUBSET_SIZE)
+    score, score_std = scores.classifier_score(judge.probs(images), CLASSIFIER_SCORE_SPLITS)
+    return {'n': len(images), 'dataset': dataset, 'judge_sha256': judge.sha256,
+            'judge_test_accuracy': judge.info['test_accuracy'],
+            'reference': reference.description,
+            'fid': scores.frechet_distance(*scores.feature_stats(features), reference.mean,
+                                           reference.cov),
+            'kid': kid, 'kid_std': kid_std,
+            'classifier_score': score, 'classifier_score_std': score_std}
+
+
+def score_metrics(images: np.ndarray, dataset: str, **kwargs) -> dict:
+    """`score_images` as metrics for a training run: {'scores/fid': ..., ...}, scalars only;
+    the judge and the reference data go to the log."""
+    result = score_images(images, dataset, **kwargs)
+    logging.info('scored %d samples with the %s judge (sha256 %s...) against %s', result['n'],
+                 dataset, result['judge_sha256'][:12], result['reference'])
+    return {f'scores/{key}': result[key] for key in
+            ('fid', 'kid', 'kid_std', 'classifier_score', 'classifier_score_std')}
+
+
+def load_samples(path: str, key: str = 'images') -> np.ndarray:
+    """The uint8 (N, H, W, C) array under `key` in the .npz file `path`, or a clear error."""
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except ValueError as e:  # neither .npz nor .npy, or a pickled .npy
+        raise ValueError(f'{path}: not an .npz archive ({e})') from e
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ValueError(f'{path}: holds a single .npy array {archive.dtype} {archive.shape}, '
+                         f'not an .npz archive with key {key!r}')
+    with archive:
+        if key not in archive.files:
+            raise ValueError(f'{path}: no key {key!r}; keys found: {archive.files or "none"}')
+        try:
+            images = archive[key]
+        except ValueError as e:  # object arrays need pickle, which we never load
+            raise ValueError(f'{path}: key {key!r} cannot be read: {e}') from e
+    _check_images(images, f'{path}: key {key!r}')
+    return images
+
+
+def _check_images(images, what: str):
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
+        found = (f'{images.dtype} of shape {images.shape}' if isinstance(images, np.ndarray)
+                 else type(images).__name__)
+        raise ValueError(f'{what} must be uint8 images of shape (N, H, W, C), found {found}')
+    if len(images) < CLASSIFIER_SCORE_SPLITS:
+        raise ValueError(f'{what} holds {len(images)} images; scoring needs at least '
+                         f'{CLASSIFIER_SCORE_SPLITS} (the classifier score splits)')
+
+
+def _reference(judge, dataset: str, split: str, data_dir: str | None) -> '_Reference':
+    """The judge's features of a real split, computed once per process."""
+    directory = data_dir if data_dir is not None else os.environ.get(data.env_var(dataset), '')
+    key = (dataset, split, os.path.realpath(directory) if directory else '', judge.sha256)
+    if key not in _REFERENCES:
+        real = data.load(dataset, split, data_dir)
+        _REFERENCES[key] = _featurize(
+            judge, real.images, f'{dataset}/{split}, {len(real.images)} images: {real.source}')
+    return _REFERENCES[key]
+
+
+def _featurize(judge, images: np.ndarray, description: str) -> _Reference:
+    features = judge.features(images)
+    return _Reference(features, images.shape[1:], *scores.feature_stats(features), description)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('samples', nargs='?', help='.npz file with uint8 images under `images`')
+    parser.add_argument('--dataset', required=True, choices=data.KNOWN_DATASETS)
+    parser.add_argument('--floor', action='store_true',
+                        help="score the real test split instead of a samples file")
+    parser.add_argument('--test-dir', help='IDX directory of the test split (with --floor)')
+    parser.add_argument('--reference-split', default='train', choices=data.SPLITS)
+    parser.add_argument('--data-dir', help='IDX directory of the reference split')
+    parser.add_argument('--limit', type=int, help='score only the first N samples')
+    parser.add_argument('--kid-subsets', type=int, default=100)
+    args = parser.parse_args(argv)
+    if args.floor == (args.samples is not None):
+        parser.error('give either a samples file or --floor, not both or neither')
+    if args.floor and args.reference_split == 'test':
+        parser.error('--floor scores the test split against another split; '
+                     '--reference-split test would compare it with itself')
+    if args.test_dir and not args.floor:
+        parser.error('--test-dir only applies with --floor')
+    if args.limit is not None and args.limit < 1:
+        parser.error(f'--limit must be positive, got {args.limit}')
+
+    start = time.perf_counter()
+    try:
+        if args.floor:
+            try:
+                test = data.load(args.dataset, 'test', args.test_dir)
+            except data.DatasetUnavailableError as e:
+                raise data.DatasetUnavailableError(
+                    f'--floor scores the real test split (name its directory with --test-dir): '
+                    f'{e}') from e
+            images, samples = test.images, f'{args.dataset}/test: {test.source}'
+        else:
+            images, samples = load_samples(args.samples), args.samples
+        result = score_images(images[:args.limit], args.dataset,
+                              reference_split=args.reference_split, data_dir=args.data_dir,
+                              kid_subsets=args.kid_subsets)
+    except (ValueError, OSError, data.DatasetUnavailableError) as e:
+        sys.exit(f'FATAL {e}')
+    result = {'samples': samples, **result, 'seconds': round(time.perf_counter() - start, 2)}
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == '__main__':
+    main()
