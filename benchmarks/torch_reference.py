@@ -1,7 +1,8 @@
-"""PyTorch eager reference of deepgen's GAN and VAE train steps, for speed comparison.
+"""PyTorch eager reference of deepgen's GAN, VAE and RBM train steps, for speed comparison.
 
 This is a straightforward PyTorch eager implementation of the two GAN train steps
-(``mlpgan`` and ``dcgan``) and the MLP VAE train step (``vae``) -- written the way a
+(``mlpgan`` and ``dcgan``), the MLP VAE train step (``vae``) and the RBM CD-1 step
+(``rbm``) -- written the way a
 competent PyTorch user would write them (no torch.compile, no channels_last, torch's
 default thread count) -- so that the JAX implementation in this project can be timed
 against it on the same machine.
@@ -12,7 +13,7 @@ dependency of this project; nothing in the project imports this file.
 Setup and run (from the repository root):
 
     python3 -m venv /work/torchvenv && /work/torchvenv/bin/pip install torch==2.13.0 numpy
-    /work/torchvenv/bin/python benchmarks/torch_reference.py {mlpgan,dcgan,vae} --batch 128 \
+    /work/torchvenv/bin/python benchmarks/torch_reference.py {mlpgan,dcgan,vae,rbm} --batch 128 \
         [--steps 20] [--repeats 5] [--warmup 3] [--threads N] [--profile-layers]
 
 Prints ONE JSON line:
@@ -33,6 +34,16 @@ timed step: dynamic binarization of a fixed uint8 batch (B, 28, 28, 1) of random
 x = bernoulli(pixels / 255) drawn fresh each step; z = mean + exp(0.5 * logvar) * eps;
 loss = batch mean of [sum over pixels of BCE-with-logits(logits, x) + analytic
 KL(N(mean, var) || N(0, I)) summed over latent dims]; Adam lr 1e-3.
+
+RBM: a 784-500 Bernoulli-Bernoulli RBM (W ~ N(0, 0.01^2), zero biases), one CD-1 step
+under torch.no_grad on a fixed random binary batch v0 (B, 784) float in {0, 1}:
+h0_prob = sigmoid(v0 W + b_h), h0 ~ Bernoulli(h0_prob); v1_prob = sigmoid(h0 W^T + b_v),
+v1 ~ Bernoulli(v1_prob) (the visible units are sampled); h1_prob = sigmoid(v1 W + b_h);
+gradient dW = (v0^T h0_prob - v1^T h1_prob) / B, db_v = mean(v0 - v1),
+db_h = mean(h0_prob - h1_prob); classical momentum 0.5 with lr 0.1 and weight decay 2e-4
+on W only: velocity = 0.5 * velocity + 0.1 * (grad - 2e-4 * W), param += velocity. The
+step also returns the reconstruction error, the batch mean of sum over pixels of
+(v0 - v1_prob)^2, as a tensor.
 
 ``--profile-layers`` (dcgan) additionally prints one JSON line per conv /
 conv-transpose / linear layer with the median forward+backward time of that layer
@@ -140,7 +151,8 @@ GANS = {
     "mlpgan": (MLPGenerator, MLPDiscriminator),
     "dcgan": (DCGenerator, DCDiscriminator),
 }
-MODELS = [*GANS, "vae"]
+MODELS = [*GANS, "vae", "rbm"]
+RBM_VISIBLE, RBM_HIDDEN = 784, 500
 
 
 # ----------------------------------------------------------------------- train step
@@ -185,6 +197,40 @@ def make_vae_step(vae):
         loss.backward()
         opt.step()
         return (loss,)
+
+    return step
+
+
+def make_rbm_step(visible=RBM_VISIBLE, hidden=RBM_HIDDEN, lr=0.1, momentum=0.5,
+                  weight_decay=2e-4):
+    W = torch.randn(visible, hidden) * 0.01
+    b_v = torch.zeros(visible)
+    b_h = torch.zeros(hidden)
+    vel_W, vel_v, vel_h = torch.zeros_like(W), torch.zeros_like(b_v), torch.zeros_like(b_h)
+
+    @torch.no_grad()
+    def step(v0):
+        batch = v0.shape[0]
+        h0_prob = torch.sigmoid(torch.addmm(b_h, v0, W))
+        h0 = torch.bernoulli(h0_prob)
+        v1_prob = torch.sigmoid(torch.addmm(b_v, h0, W.t()))
+        v1 = torch.bernoulli(v1_prob)
+        h1_prob = torch.sigmoid(torch.addmm(b_h, v1, W))
+
+        grad_W = (v0.t() @ h0_prob).sub_(v1.t() @ h1_prob).div_(batch)
+        grad_v = (v0 - v1).mean(0)
+        grad_h = (h0_prob - h1_prob).mean(0)
+        grad_W.sub_(W, alpha=weight_decay)
+
+        vel_W.mul_(momentum).add_(grad_W, alpha=lr)
+        vel_v.mul_(momentum).add_(grad_v, alpha=lr)
+        vel_h.mul_(momentum).add_(grad_h, alpha=lr)
+        W.add_(vel_W)
+        b_v.add_(vel_v)
+        b_h.add_(vel_h)
+
+        recon = (v0 - v1_prob).pow_(2).sum(1).mean()
+        return (recon,)
 
     return step
 
@@ -255,6 +301,9 @@ def main():
         vae.train()
         step = make_vae_step(vae)
         data = torch.randint(0, 256, (args.batch, 28, 28, 1), dtype=torch.uint8)   # pixels
+    elif args.model == "rbm":
+        step = make_rbm_step()
+        data = torch.randint(0, 2, (args.batch, RBM_VISIBLE)).float()   # binary v0
     else:
         gen_cls, disc_cls = GANS[args.model]
         G, D = gen_cls(), disc_cls()

@@ -3,11 +3,14 @@
     python -m research.bench dcgan --batch 128
     python -m research.bench mlpgan --batch 128 --repeats 7
     python -m research.bench vae --batch 128      # the MLP VAE (784-512-20, Bernoulli, ELBO)
+    python -m research.bench rbm --batch 128      # one CD-1 step of a 784-500 Bernoulli RBM
 
 `examples_per_s` is the median over `--repeats` timings of `--steps` consecutive steps, after
 compilation and `--warmup` untimed steps; `compile_s` is lowering plus XLA compilation. The step
 is the one the experiments run: for GANs D then G update, Adam, non-saturating loss; for VAEs
-dynamic binarization, ELBO with analytic KL, Adam; the batch travels as uint8.
+dynamic binarization, ELBO with analytic KL, Adam; the batch travels as uint8; for the RBM one
+CD-1 step (sampled visible units, lr 0.1, momentum 0.5, weight decay 2e-4) on a fixed random
+binary float32 batch.
 PyTorch eager references of the same networks: `benchmarks/torch_reference.py`.
 """
 import argparse
@@ -21,8 +24,10 @@ import numpy as np
 import optax
 
 from research.models.gan import make_gan
+from research.models.rbm import init_rbm
 from research.models.vae import make_vae
 from research.objectives.gan import init_gan_state, make_gan_step
+from research.objectives.rbm import init_rbm_state, make_cd_step
 from research.objectives.vae import init_vae_state, make_vae_step
 
 Z_DIM = 100
@@ -45,13 +50,23 @@ def vae_setup(arch: str, batch: int, latent: int = 20):
     return state, make_vae_step(vae, tx, likelihood='bernoulli'), random_batch(batch)
 
 
+def rbm_setup(batch: int, visible: int = 784, hidden: int = 500):
+    params = init_rbm(jax.random.PRNGKey(0), visible, hidden)
+    state = init_rbm_state(jax.random.PRNGKey(1), params, n_chains=batch)
+    step = make_cd_step(k=1, persistent=False, lr=0.1, momentum=0.5, weight_decay=2e-4,
+                        visible='bernoulli')
+    v = np.random.default_rng(0).integers(0, 2, (batch, visible)).astype(np.float32)
+    return state, step, {'v': jnp.asarray(v)}
+
+
 def random_batch(batch: int) -> dict:
     images = np.random.default_rng(0).integers(0, 256, (batch, 28, 28, 1), dtype=np.uint8)
     return {'image': jnp.asarray(images)}
 
 
 MODELS = {'dcgan': lambda b: gan_setup('dcgan', b), 'mlpgan': lambda b: gan_setup('mlp', b),
-          'vae': lambda b: vae_setup('mlp', b), 'convvae': lambda b: vae_setup('conv', b)}
+          'vae': lambda b: vae_setup('mlp', b), 'convvae': lambda b: vae_setup('conv', b),
+          'rbm': rbm_setup}
 
 
 def measure(model: str, batch: int, steps: int, repeats: int, warmup: int) -> dict:
