@@ -90,7 +90,11 @@ def sample_hidden(params, v, key):
 
 def sample_visible(params, h, key, visible: str = 'bernoulli'):
     """v ~ p(v | h): binary for Bernoulli visibles, mean + N(0, 1) noise for Gaussian ones."""
-    mean = visible_mean(params, h, visible)
+    return draw_visible(visible_mean(params, h, visible), key, visible)
+
+
+def draw_visible(mean, key, visible: str = 'bernoulli'):
+    """v ~ p(v | h) given its mean E[v | h]."""
     if visible == 'bernoulli':
         return jax.random.bernoulli(key, mean).astype(jnp.float32)
     return mean + jax.random.normal(key, mean.shape, mean.dtype)

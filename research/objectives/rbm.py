@@ -16,8 +16,10 @@ The update is SGD with momentum and L2 weight decay on the weights only (never o
 
   velocity <- momentum * velocity + lr * (gradient - weight_decay * W);  params += velocity.
 
-The likelihood itself cannot be monitored cheaply (it needs Z; see research.evals.ais), so the
-step reports the reconstruction error, a stochastic pseudo-likelihood and the mean free energy.
+The likelihood itself cannot be monitored cheaply (it needs Z; see research.evals.ais). The step
+reports the reconstruction error, which its first Gibbs half-sweep gives for free; `monitors`
+adds the mean free energy and a stochastic pseudo-likelihood, for an experiment to compute at its
+logging steps (a pass of their own over the batch would cost the step a third of its speed).
 """
 from typing import Any
 
@@ -55,35 +57,32 @@ def init_rbm_state(key, params, *, n_chains: int, visible: str = 'bernoulli') ->
                     velocity=jax.tree.map(jnp.zeros_like, params), chains=chains)
 
 
-def cd_gradient(params, v_data, v_model) -> dict:
-    """<.>_data - <.>_model for W, b_v and b_h, with hidden probabilities in both phases.
+def cd_gradient(v_data, ph_data, v_model, ph_model) -> dict:
+    """<.>_data - <.>_model for W, b_v and b_h, given the hidden probabilities of both phases.
 
     Each phase is averaged over its own rows, so a PCD run may have more or fewer chains than
     examples in a batch.
     """
-    ph_data = rbm_lib.hidden_probs(params, v_data)
-    ph_model = rbm_lib.hidden_probs(params, v_model)
     n_data, n_model = v_data.shape[0], v_model.shape[0]
     return {'w': v_data.T @ ph_data / n_data - v_model.T @ ph_model / n_model,
             'b_v': jnp.mean(v_data, axis=0) - jnp.mean(v_model, axis=0),
             'b_h': jnp.mean(ph_data, axis=0) - jnp.mean(ph_model, axis=0)}
 
 
-def run_chains(params, v, key, k: int, visible: str):
-    """k Gibbs sweeps from v; sweep i uses fold_in(key, i). Returns the final visible states."""
+def run_chains(params, v, key, k: int, visible: str, first: int = 0):
+    """Gibbs sweeps first..k-1 from v; sweep i uses fold_in(key, i). Returns the visible states."""
     def sweep(i, v):
         return rbm_lib.gibbs_step(params, v, jax.random.fold_in(key, i), visible)[0]
-    return jax.lax.fori_loop(0, k, sweep, v)
+    return jax.lax.fori_loop(first, k, sweep, v)
 
 
-def reconstruction_error(params, v, visible: str = 'bernoulli'):
-    """|v - E[v | h = p(h|v)]|^2 per example, summed over the visible units: (B,).
+def reconstruction_error(v, recon):
+    """|v - recon|^2 per example, summed over the visible units: (B,).
 
-    A deterministic mean-field reconstruction, so the monitor carries no sampling noise. It is
-    not what CD optimises and can fall while the likelihood gets worse (Hinton 2010, section 5);
-    it is a cheap check that learning is happening at all.
+    `recon` is E[v | h0] for h0 ~ p(h | v) sampled, the first half of the chain's first sweep:
+    the definition of Hinton's rbm.m, free in CD, and a strong hint of learning, though not what
+    CD optimises: it can fall while the likelihood gets worse (Hinton 2010, section 5).
     """
-    recon = rbm_lib.visible_mean(params, rbm_lib.hidden_probs(params, v), visible)
     return jnp.sum((v - recon) ** 2, axis=-1)
 
 
@@ -108,14 +107,29 @@ def pseudo_likelihood(params, v, key):
     return dims * jax.nn.log_sigmoid(energy_flipped - energy)
 
 
+def monitors(params, v, key, visible: str = 'bernoulli') -> dict:
+    """Batch means of the free energy and, for Bernoulli visibles, the pseudo-likelihood.
+
+    Compare them on training and held-out data: a held-out free energy drifting above the
+    training one is the overfitting signal of Hinton's practical guide (2010, section 6).
+    """
+    values = {'free_energy': jnp.mean(rbm_lib.free_energy(params, v, visible=visible))}
+    if visible == 'bernoulli':
+        values['pseudo_likelihood'] = jnp.mean(pseudo_likelihood(params, v, key))
+    return values
+
+
 def make_cd_step(*, k: int = 1, persistent: bool = False, lr: float, momentum: float = 0.0,
                  weight_decay: float = 0.0, visible: str = 'bernoulli'):
     """Returns the pure step(state, batch) -> (state, metrics); batch['v'] is float32 (B, V).
 
     CD-k when `persistent` is False (the negative chains start at the batch; state.chains stay
     as they are), PCD-k when True (they start at state.chains, which then hold the new states).
-    Metrics are batch means, computed with the parameters before the update: `recon_error`,
-    `free_energy` and, for Bernoulli visibles, `pseudo_likelihood`.
+    The one metric, `recon_error`, is a batch mean under the parameters before the update.
+
+    CD-1 costs five (B, V) x (V, H)-sized products, the minimum: p(h|v) of the data once (for
+    the statistics, the chain's first sweep and nothing else), E[v|h0], p(h|v1) and the two
+    outer products. PCD adds one for the reconstruction of the data.
     """
     rbm_lib.check_visible(visible)
     if k < 1:
@@ -132,19 +146,24 @@ def make_cd_step(*, k: int = 1, persistent: bool = False, lr: float, momentum: f
         if v.ndim != 2 or v.shape[1] != state.params['w'].shape[0]:
             raise ValueError(f"batch['v'] must be (B, {state.params['w'].shape[0]}), "
                              f'got {v.shape}')
-        k_chain, k_pl = jax.random.split(jax.random.fold_in(state.rng, state.step))
+        k_chain, k_recon = jax.random.split(jax.random.fold_in(state.rng, state.step))
         params = state.params
-        start = state.chains if persistent else v
-        v_model = run_chains(params, start, k_chain, k, visible)
-        grads = cd_gradient(params, v, v_model)
+        ph_data = rbm_lib.hidden_probs(params, v)
+        # The half-sweep from the data: sweep 0 of a CD chain (gibbs_step's keys exactly).
+        k_h, k_v = jax.random.split(jax.random.fold_in(k_chain, 0) if not persistent
+                                    else k_recon)
+        h0 = jax.random.bernoulli(k_h, ph_data).astype(jnp.float32)
+        recon = rbm_lib.visible_mean(params, h0, visible)
+        if persistent:
+            v_model = run_chains(params, state.chains, k_chain, k, visible)
+        else:
+            v_model = run_chains(params, rbm_lib.draw_visible(recon, k_v, visible),
+                                 k_chain, k, visible, first=1)
+        grads = cd_gradient(v, ph_data, v_model, rbm_lib.hidden_probs(params, v_model))
         grads['w'] = grads['w'] - weight_decay * params['w']
         velocity = jax.tree.map(lambda m, g: momentum * m + lr * g, state.velocity, grads)
         new_params = jax.tree.map(jnp.add, params, velocity)
-
-        metrics = {'recon_error': jnp.mean(reconstruction_error(params, v, visible)),
-                   'free_energy': jnp.mean(rbm_lib.free_energy(params, v, visible=visible))}
-        if visible == 'bernoulli':
-            metrics['pseudo_likelihood'] = jnp.mean(pseudo_likelihood(params, v, k_pl))
+        metrics = {'recon_error': jnp.mean(reconstruction_error(v, recon))}
         chains = v_model if persistent else state.chains
         return state.replace(step=state.step + 1, params=new_params, velocity=velocity,
                              chains=chains), metrics
