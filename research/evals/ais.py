@@ -28,12 +28,17 @@ import numpy as np
 from research.models import rbm as rbm_lib
 
 
-def default_betas() -> np.ndarray:
+def default_betas(n: int = 14_501) -> np.ndarray:
     """The schedule of Salakhutdinov & Murray (2008): 14,501 betas, spaced 1e-3 on [0, 0.5),
-    1e-4 on [0.5, 0.9) and 1e-5 on [0.9, 1], densest where the distributions change fastest."""
-    return np.concatenate([np.linspace(0.0, 0.5, 500, endpoint=False),
-                           np.linspace(0.5, 0.9, 4000, endpoint=False),
-                           np.linspace(0.9, 1.0, 10001)]).astype(np.float32)
+    1e-4 on [0.5, 0.9) and 1e-5 on [0.9, 1], densest where the distributions change fastest.
+    Another `n` keeps the three parts in the same proportions (500 : 4,000 : 10,001)."""
+    if n < 4:
+        raise ValueError(f'an AIS schedule needs at least 4 betas, got {n}')
+    first = max(1, round(n * 500 / 14_501))
+    second = max(1, round(n * 4000 / 14_501))
+    return np.concatenate([np.linspace(0.0, 0.5, first, endpoint=False),
+                           np.linspace(0.5, 0.9, second, endpoint=False),
+                           np.linspace(0.9, 1.0, n - first - second)]).astype(np.float32)
 
 
 def _check_betas(betas) -> np.ndarray:

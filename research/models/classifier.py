@@ -22,6 +22,7 @@ from typing import Sequence
 import flax.linen as nn
 
 ARCHS = ('mlp', 'cnn', 'judge')
+ACTIVATIONS = {'relu': nn.relu, 'sigmoid': nn.sigmoid}
 NUM_CLASSES = 10
 
 
@@ -36,6 +37,7 @@ def _conv(width):
 class MLPClassifier(nn.Module):
     hidden: Sequence[int] = (256, 256)
     num_classes: int = NUM_CLASSES
+    activation: str = 'relu'  # or 'sigmoid': a DBN's recognition weights (research.models.dbn)
 
     def setup(self):
         self.layers = [nn.Dense(width) for width in self.hidden]
@@ -43,8 +45,9 @@ class MLPClassifier(nn.Module):
 
     def features(self, x):
         x = x.reshape(x.shape[0], -1)
+        activation = ACTIVATIONS[self.activation]
         for layer in self.layers:
-            x = nn.relu(layer(x))
+            x = activation(layer(x))
         return x
 
     def __call__(self, x, *, train: bool):
@@ -92,10 +95,14 @@ class JudgeCNN(nn.Module):
 
 
 def make_classifier(arch: str, *, hidden: Sequence[int] = (256, 256),
-                    dropout: float = 0.5) -> nn.Module:
-    """The classifier `arch` names (`hidden` is the MLP's, `dropout` the judge's)."""
+                    dropout: float = 0.5, activation: str = 'relu') -> nn.Module:
+    """The classifier `arch` names (`hidden` and `activation` are the MLP's, `dropout` the
+    judge's)."""
     if arch == 'mlp':
-        return MLPClassifier(hidden=tuple(hidden))
+        if activation not in ACTIVATIONS:
+            raise ValueError(f'unknown MLP activation {activation!r}; known: '
+                             f'{", ".join(ACTIVATIONS)}')
+        return MLPClassifier(hidden=tuple(hidden), activation=activation)
     if arch == 'cnn':
         return CNNClassifier()
     if arch == 'judge':

@@ -126,6 +126,8 @@ def make_cd_step(*, k: int = 1, persistent: bool = False, lr: float, momentum: f
     CD-k when `persistent` is False (the negative chains start at the batch; state.chains stay
     as they are), PCD-k when True (they start at state.chains, which then hold the new states).
     The one metric, `recon_error`, is a batch mean under the parameters before the update.
+    `lr` is a number or a schedule, step -> rate (e.g. optax.linear_schedule: Tieleman (2008)
+    decays PCD's rate linearly to zero, so that the final parameters settle).
 
     CD-1 costs five (B, V) x (V, H)-sized products, the minimum: p(h|v) of the data once (for
     the statistics, the chain's first sweep and nothing else), E[v|h0], p(h|v1) and the two
@@ -134,7 +136,7 @@ def make_cd_step(*, k: int = 1, persistent: bool = False, lr: float, momentum: f
     rbm_lib.check_visible(visible)
     if k < 1:
         raise ValueError(f'CD needs k >= 1 Gibbs sweeps, got k={k}')
-    if lr <= 0:
+    if not callable(lr) and lr <= 0:
         raise ValueError(f'lr must be > 0, got {lr}')
     if not 0.0 <= momentum < 1.0:
         raise ValueError(f'momentum must be in [0, 1), got {momentum}')
@@ -161,7 +163,8 @@ def make_cd_step(*, k: int = 1, persistent: bool = False, lr: float, momentum: f
                                  k_chain, k, visible, first=1)
         grads = cd_gradient(v, ph_data, v_model, rbm_lib.hidden_probs(params, v_model))
         grads['w'] = grads['w'] - weight_decay * params['w']
-        velocity = jax.tree.map(lambda m, g: momentum * m + lr * g, state.velocity, grads)
+        rate = lr(state.step) if callable(lr) else lr
+        velocity = jax.tree.map(lambda m, g: momentum * m + rate * g, state.velocity, grads)
         new_params = jax.tree.map(jnp.add, params, velocity)
         metrics = {'recon_error': jnp.mean(reconstruction_error(v, recon))}
         chains = v_model if persistent else state.chains

@@ -1,0 +1,238 @@
+"""Deep belief networks: the stack's passes up and down against hand-computed expectations, the
+MLP it initialises (exactly the DBN's recognition pass), the layer step (exactly CD on the
+up-passed, binarized batch; the same on 1 and 8 devices), the pictures, and the dbn_mnist
+experiment end to end (smoke), its resumption and its refusals."""
+import contextlib
+import io
+import itertools
+import json
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import copy_tree
+from experiments import dbn_mnist
+from research.evals.rbm_pictures import filter_grid, pixel_grid
+from research.models import dbn
+from research.models.classifier import MLPClassifier, make_classifier
+from research.objectives.dbn import make_layer_step
+from research.objectives.rbm import init_rbm_state, make_cd_step
+from research.train import mesh as mesh_lib
+from test_rbm import random_rbm
+from test_vae_experiment import offline_mnist
+
+sigmoid = lambda x: 1 / (1 + np.exp(-x))
+
+
+def stack(*sizes, seed=0, scale=0.3):
+    return [random_rbm(v, h, seed=seed + i, scale=scale)
+            for i, (v, h) in enumerate(zip(sizes, sizes[1:]))]
+
+
+def test_check_layers_names_the_mismatch():
+    with pytest.raises(ValueError, match='DBN layer 1 has 5 visible units but layer 0 has 4'):
+        dbn.check_layers([random_rbm(6, 4), random_rbm(5, 3)])
+    with pytest.raises(ValueError, match='at least one RBM layer'):
+        dbn.check_layers([])
+
+
+def test_up_pass_is_the_hidden_probabilities_layer_by_layer():
+    layers = stack(6, 5, 4, 3)
+    v = np.random.default_rng(0).random((7, 6)).astype(np.float32)
+    x = v.astype(np.float64)
+    for p in layers:
+        x = sigmoid(np.asarray(p['b_h'], np.float64) + x @ np.asarray(p['w'], np.float64))
+    np.testing.assert_allclose(dbn.up_pass(layers, jnp.asarray(v)), x, rtol=1e-5, atol=1e-6)
+
+
+def test_classifier_params_make_the_mlp_compute_the_up_pass():
+    # The MLP reads x in [-1, 1]; the DBN saw v = (x + 1) / 2: the first layer absorbs it.
+    layers = stack(784, 20, 12, seed=3, scale=0.05)
+    model = make_classifier('mlp', hidden=(20, 12), activation='sigmoid')
+    images = np.random.default_rng(1).integers(0, 256, (5, 28, 28, 1)).astype(np.uint8)
+    x = images.astype(np.float32) / 127.5 - 1.0
+    init = model.init(jax.random.PRNGKey(0), jnp.asarray(x), train=False)['params']
+    params = dbn.classifier_params(layers, init['head'])
+    features = model.apply({'params': params}, jnp.asarray(x), method='features')
+    expected = dbn.up_pass(layers, jnp.asarray(images.reshape(5, -1) / 255.0, jnp.float32))
+    np.testing.assert_allclose(features, expected, rtol=1e-4, atol=1e-5)
+    logits = model.apply({'params': params}, jnp.asarray(x), train=False)
+    np.testing.assert_allclose(logits, expected @ init['head']['kernel'] + init['head']['bias'],
+                               rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="unknown MLP activation 'tanh'; known: relu, sigmoid"):
+        make_classifier('mlp', activation='tanh')
+    assert MLPClassifier().activation == 'relu'  # the default the judges' MLPs keep
+
+
+def test_generate_down_pass_matches_enumeration():
+    # A top RBM with no weights has independent visible units with p = sigmoid(b_v), whatever
+    # the chain does; its hidden units sample p = sigmoid(b_h). Below it, pixels are the means
+    # sigmoid(b_v0 + W0 h1) with h1 ~ p(h1 | h2) drawn from the top RBM's E[v | h2]. So the
+    # mean picture is a sum over the 2^3 states of h1 (weighted by its exact probabilities).
+    bottom, top = random_rbm(4, 3, seed=1), random_rbm(3, 2, seed=2)
+    top = {**top, 'w': jnp.zeros((3, 2), jnp.float32)}
+    pixels, snapshots = jax.jit(lambda layers: dbn.generate(
+        layers, jax.random.PRNGKey(0), n=20_000, gibbs_steps=6, snapshot_every=2))([bottom, top])
+    assert pixels.shape == (20_000, 4) and snapshots.shape == (3, 20_000, 4)
+    p_h1 = sigmoid(np.asarray(top['b_v'], np.float64))
+    expected = np.zeros(4)
+    for h in itertools.product([0.0, 1.0], repeat=3):
+        h = np.array(h)
+        weight = np.prod(np.where(h == 1, p_h1, 1 - p_h1))
+        expected += weight * sigmoid(np.asarray(bottom['b_v'], np.float64)
+                                     + np.asarray(bottom['w'], np.float64) @ h)
+    np.testing.assert_allclose(np.mean(pixels, axis=0), expected, atol=0.01)
+    np.testing.assert_allclose(np.mean(snapshots[1], axis=0), expected, atol=0.01)
+
+
+def test_generate_is_seeded_and_checks_its_arguments():
+    layers = stack(6, 4, 3)
+    run = jax.jit(lambda key: dbn.generate(layers, key, n=5, gibbs_steps=10, snapshot_every=5))
+    a, b, c = run(jax.random.PRNGKey(1)), run(jax.random.PRNGKey(1)), run(jax.random.PRNGKey(2))
+    np.testing.assert_array_equal(a[0], b[0])
+    assert not np.array_equal(a[0], c[0])
+    assert np.all((a[0] >= 0) & (a[0] <= 1))
+    single, none = jax.jit(lambda key: dbn.generate(layers[:1], key, n=3, gibbs_steps=4))(
+        jax.random.PRNGKey(0))
+    assert none.shape == (0, 3, 6)
+    assert single.shape == (3, 6)  # a one-layer DBN is an RBM: its visible means
+    with pytest.raises(ValueError, match='gibbs_steps=10 must be a multiple of snapshot_every=3'):
+        dbn.generate(layers, jax.random.PRNGKey(0), n=2, gibbs_steps=10, snapshot_every=3)
+
+
+def test_layer_step_is_cd_on_the_binarized_up_pass():
+    lower = stack(48, 10, seed=4, scale=0.3)
+    params = random_rbm(10, 6, seed=6, scale=0.1)
+    state = init_rbm_state(jax.random.PRNGKey(0), params, n_chains=8)
+    state = state.replace(step=jnp.int32(5))
+    images = np.random.default_rng(2).integers(0, 256, (8, 4, 4, 3)).astype(np.uint8)
+    kwargs = dict(k=2, lr=0.05, momentum=0.5, weight_decay=1e-3)
+    got, got_metrics = jax.jit(make_layer_step(lower, binarize=True, **kwargs))(
+        copy_tree(state), {'image': jnp.asarray(images)})
+    key = jax.random.fold_in(jax.random.fold_in(state.rng, 5), 1)
+    v = jax.random.bernoulli(key, images.reshape(8, -1) / 255.0).astype(jnp.float32)
+    want, want_metrics = jax.jit(make_cd_step(**kwargs))(
+        copy_tree(state), {'v': dbn.up_pass(lower, v)})
+    for name in ('w', 'b_v', 'b_h'):
+        np.testing.assert_allclose(got.params[name], want.params[name], rtol=1e-6, atol=1e-7)
+    assert float(got_metrics['recon_error']) == pytest.approx(float(want_metrics['recon_error']))
+    # Without binarization the first layer sees the grey levels as they are.
+    first = random_rbm(48, 6, seed=7, scale=0.1)
+    state = init_rbm_state(jax.random.PRNGKey(1), first, n_chains=8)
+    got = jax.jit(make_layer_step([], binarize=False, **kwargs))(
+        copy_tree(state), {'image': jnp.asarray(images)})[0]
+    want = jax.jit(make_cd_step(**kwargs))(
+        copy_tree(state), {'v': jnp.asarray(images.reshape(8, -1) / 255.0, jnp.float32)})[0]
+    np.testing.assert_allclose(got.params['w'], want.params['w'], rtol=1e-6, atol=1e-7)
+
+
+def test_layer_step_is_the_same_on_one_and_eight_devices():
+    lower = stack(48, 16, seed=8, scale=0.3)
+    state = init_rbm_state(jax.random.PRNGKey(3), random_rbm(16, 8, seed=9, scale=0.1),
+                           n_chains=16)
+    step = make_layer_step(lower, binarize=True, k=1, persistent=True, lr=0.1, momentum=0.5)
+    images = np.random.default_rng(3).integers(0, 256, (16, 4, 4, 3)).astype(np.uint8)
+    results = []
+    for devices in (jax.devices()[:1], jax.devices()):
+        mesh = mesh_lib.data_mesh(devices)
+        s = jax.device_put(copy_tree(state), mesh_lib.replicated(mesh))
+        for _ in range(3):
+            s, _ = mesh_lib.jit_step(step, mesh)(s, mesh_lib.to_global_batch({'image': images},
+                                                                              mesh))
+        results.append(jax.device_get(s))
+    assert len(jax.devices()) == 8
+    for name in ('w', 'b_v', 'b_h'):
+        np.testing.assert_allclose(results[0].params[name], results[1].params[name],
+                                   rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(results[0].chains, results[1].chains)
+
+
+def test_pictures():
+    w = np.zeros((784, 3), np.float32)
+    w[0, 0], w[1, 0], w[5, 1] = 2.0, -1.0, 0.5  # unit 2 is all zeros
+    grid = filter_grid(w, (28, 28, 1), count=3, columns=3)
+    assert grid.shape == (2 + 30, 2 + 3 * 30, 1)
+    tile = lambda i: grid[2:30, 2 + 30 * i:30 + 30 * i, 0]
+    assert tile(0)[0, 0] == 255 and tile(0)[0, 1] == 64 and tile(0)[5, 5] == 128
+    assert tile(1)[0, 5] == 255 and np.all(tile(2) == 128)
+    with pytest.raises(ValueError, match=r'filters of 784 visible units cannot be \(32, 32, 3\)'):
+        filter_grid(w, (32, 32, 3))
+    pixels = pixel_grid(np.array([[0.0] * 783 + [1.0]] * 4), (28, 28, 1), columns=2)
+    assert pixels.shape == (62, 62, 1) and pixels[29, 29, 0] == 255 and pixels[2, 2, 0] == 0
+
+
+# The experiment, smoke preset, in process.
+
+@pytest.fixture(scope='module')
+def smoke(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp('dbn_smoke')
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as monkeypatch, contextlib.redirect_stdout(out):
+        offline_mnist(monkeypatch)
+        dbn_mnist.run(dbn_mnist.get_config('smoke'), str(workdir))
+    return workdir, out.getvalue()
+
+
+def test_smoke_run_leaves_its_outputs(smoke):
+    workdir, output = smoke
+    results = json.loads((workdir / 'results.json').read_text())
+    assert results['evaluated_on'] == 'heldout' and results['test_examples'] == 200
+    first, second = results['layers']
+    assert (first['visible'], first['hidden'], second['visible'], second['hidden']) == (
+        784, 32, 32, 16)
+    for key in ('ais/log_z', 'ais/log_z_spread', 'heldout/log_likelihood',
+                'train/log_likelihood', 'monitor/free_energy_gap'):
+        assert np.isfinite(first[key]), key
+    assert -784 * np.log(2) < first['heldout/log_likelihood'] < 0
+    assert 'ais/log_z' not in second
+    assert 0 <= results['finetune']['accuracy'] <= 1 and results['finetune']['init'] == 'dbn'
+    for path in ('filters.png', 'samples/layer_1_samples.png', 'samples/layer_2_chains.png'):
+        with Image.open(workdir / path) as image:
+            assert image.mode == 'L' and min(image.size) > 100, path
+    for phase in ('rbm_1', 'rbm_2', 'finetune'):
+        assert (workdir / phase / 'metrics.jsonl').exists(), phase
+    assert re.search(r'RBM 1 \(784-32\): AIS log Z [\d.]+ \+- [\d.]+ \(3 std. errors, 8 runs, '
+                     r'200 betas\); log-likelihood heldout -[\d.]+ nats', output)
+    assert re.search(r'final \(heldout, 200 examples\): fine-tuned accuracy [\d.]+', output)
+
+
+def test_smoke_rerun_resumes_and_reproduces(smoke, capsys, monkeypatch):
+    workdir, _ = smoke
+    before = json.loads((workdir / 'results.json').read_text())
+    offline_mnist(monkeypatch)
+    dbn_mnist.run(dbn_mnist.get_config('smoke'), str(workdir))
+    output = capsys.readouterr().out
+    assert output.count('already trained 4 >= 4 steps') == 3  # two layers and the fine-tuning
+    assert 'compiled the train step' not in output
+    assert json.loads((workdir / 'results.json').read_text()) == before
+
+
+@pytest.mark.parametrize('overrides, message', [
+    ({'data.name': 'cifar10'}, "data.name must be one of mnist, fashion_mnist, got 'cifar10'"),
+    ({'finetune.init': 'none'}, "finetune.init must be 'dbn' or 'random', got 'none'"),
+    ({'rbm.gibbs': 25}, 'rbm.gibbs must be a multiple of 10'),
+    ({'dbn.hidden': (10, 0)}, 'dbn.hidden must list >= 1 positive layer sizes'),
+])
+def test_bad_config_is_refused_before_the_workdir_is_written(overrides, message, tmp_path):
+    config = dbn_mnist.get_config('smoke')
+    for key, value in overrides.items():
+        section, name = key.split('.')
+        config[section][name] = value
+    with pytest.raises(ValueError, match=re.escape(message)):
+        dbn_mnist.run(config, str(tmp_path))
+    assert not (tmp_path / 'config.json').exists()
+
+
+def test_random_init_baseline_skips_pretraining(tmp_path, monkeypatch, capsys):
+    offline_mnist(monkeypatch)
+    config = dbn_mnist.get_config('smoke')
+    config.finetune.init = 'random'
+    dbn_mnist.run(config, str(tmp_path))
+    results = json.loads((tmp_path / 'results.json').read_text())
+    assert results['layers'] == [] and results['finetune']['init'] == 'random'
+    assert not (tmp_path / 'rbm_1').exists() and not (tmp_path / 'filters.png').exists()
+    assert 'from a random init, 4 steps' in capsys.readouterr().out
