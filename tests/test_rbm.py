@@ -347,6 +347,11 @@ def test_default_betas_follow_the_paper():
     assert len(betas) == 14_501 and betas[0] == 0.0 and betas[-1] == 1.0
     assert np.all(np.diff(betas) > 0)
     np.testing.assert_allclose(np.diff(betas)[[0, 600, -1]], [1e-3, 1e-4, 1e-5], rtol=1e-2)
+    short = ais.default_betas(1450)  # a tenth as long, the same three parts: 10x the spacings
+    assert len(short) == 1450 and short[0] == 0.0 and short[-1] == 1.0
+    np.testing.assert_allclose(np.diff(short)[[0, 60, -1]], [1e-2, 1e-3, 1e-4], rtol=2e-2)
+    with pytest.raises(ValueError, match='at least 4 betas, got 3'):
+        ais.default_betas(3)
 
 
 @pytest.mark.parametrize('betas', [[0.0, 0.9], [0.1, 1.0], [0.0, 0.7, 0.5, 1.0], [1.0]])
