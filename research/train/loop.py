@@ -9,10 +9,15 @@ An experiment hands it an initial state, a pure `step(state, batch) -> (state, m
   * compiles the step once, ahead of time, for the mesh (so a retrace is an error, not a slowdown);
   * keeps per-step metrics on the device and fetches them only at logging steps, where it logs
     their mean over the window and checks every step's losses for NaN/inf;
-  * saves a checkpoint every `checkpoint_every` steps and at the end, never of a non-finite state.
+  * saves a checkpoint every `checkpoint_every` steps and at the end, never of a non-finite state;
+  * on SIGTERM (what a preempted Cloud TPU VM or a `kill` sends) finishes the current step, saves
+    a checkpoint and exits with status 143 and a message; the same command then resumes. With
+    several processes they agree on the step through JAX's preemption sync point.
 """
 import dataclasses
 import os
+import signal
+import threading
 import time
 from typing import Any, Callable
 
@@ -27,6 +32,43 @@ from research.train.metrics import MetricWriter, Progress
 
 class NonFiniteLossError(RuntimeError):
     pass
+
+
+class Preempted(SystemExit):
+    """Raised after a SIGTERM once the checkpoint is saved: exit status 143 (128 + SIGTERM)."""
+
+    def __init__(self, message: str):
+        super().__init__(143)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class _Preemption:
+    """Whether to stop for a preemption notice: a SIGTERM flag in one process; JAX's preemption
+    sync point (every process stops at the same step) in several."""
+
+    def __init__(self):
+        self.received = False
+        self._previous = None
+        self._multi = jax.process_count() > 1
+        if not self._multi and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        self.received = True
+
+    def reached(self, step: int) -> bool:
+        if self._multi:
+            from jax.experimental import multihost_utils
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self.received
+
+    def close(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 @dataclasses.dataclass
@@ -84,6 +126,9 @@ def train(*, workdir: str, state, step_fn, pipeline, mesh, num_steps: int, log_e
         for hook in hooks:
             if hook.at_end:
                 hook.fn(start, state)
+    elif jax.config.jax_disable_jit:  # --debug: op by op, so a debugger can step through it
+        step = step_fn
+        progress.message('jit is disabled: running the train step op by op')
     else:
         t0 = time.perf_counter()
         step = mesh_lib.jit_step(step_fn, mesh).lower(
@@ -93,13 +138,15 @@ def train(*, workdir: str, state, step_fn, pipeline, mesh, num_steps: int, log_e
     last_good = checkpoints.latest_step()
 
     window, window_start, t_window, hook_s = [], start, time.perf_counter(), 0.0
+    preemption = _Preemption()
     try:
         for i, local in zip(range(start, num_steps), pipeline.iterate(start)):
             state, metrics = step(state, mesh_lib.to_global_batch(local, mesh))
             done = i + 1  # steps are counted from 1: step k leaves state.step == k
             window.append((done, metrics))
             last = done == num_steps
-            if done % log_every == 0 or done % checkpoint_every == 0 or last:
+            preempted = not last and preemption.reached(done)
+            if done % log_every == 0 or done % checkpoint_every == 0 or last or preempted:
                 means = _window_mean(window)
                 elapsed = time.perf_counter() - t_window - hook_s  # hooks are not training
                 steps_per_s = (done - window_start) / elapsed
@@ -107,11 +154,18 @@ def train(*, workdir: str, state, step_fn, pipeline, mesh, num_steps: int, log_e
                 progress.update(done, means, examples_per_s, (num_steps - done) / steps_per_s)
                 writer.scalars(done, {**means, 'examples_per_s': examples_per_s})
                 window, window_start, t_window, hook_s = [], done, time.perf_counter(), 0.0
-            if done % checkpoint_every == 0 or last:
+            if done % checkpoint_every == 0 or last or preempted:
                 if not bool(_all_finite(state)):
                     raise NonFiniteLossError(f'non-finite values in the train state at step {done}')
                 checkpoints.save(done, state)
                 last_good = done
+            if preempted:
+                checkpoints.wait()
+                message = (f'preempted (SIGTERM) at step {done} of {num_steps}: saved a '
+                           f'checkpoint in {checkpoints.directory}; run the same command to '
+                           f'resume')
+                progress.message(message)
+                raise Preempted(message)
             for hook in hooks:
                 if done % hook.every == 0 or (last and hook.at_end):
                     t_hook = time.perf_counter()
@@ -130,6 +184,7 @@ def train(*, workdir: str, state, step_fn, pipeline, mesh, num_steps: int, log_e
                  if last_good is not None else 'no checkpoint was saved')
         raise NonFiniteLossError(f'{e}; stopping the run: {where}') from None
     finally:
+        preemption.close()
         progress.close()
         checkpoints.wait()
         checkpoints.close()

@@ -56,6 +56,16 @@ def define_flags(config_file: str, default_workdir: str) -> None:
                  f'{" ".join(culprits) or "the --config overrides"}; an override can only set a '
                  f'key that get_config() in {config_file} defines')
     flags.DEFINE_string('workdir', None, f'run directory (default {default_workdir})')
+    flags.DEFINE_bool('debug', False, 'for post-mortems: no jit (every op runs eagerly, so '
+                      'pdb and prints work inside the step) and an error at the first NaN')
+
+
+def enable_debug() -> None:
+    """jax.disable_jit and jax_debug_nans for the rest of the process: the train loop then runs
+    the step op by op, and the first operation that makes a NaN raises FloatingPointError."""
+    jax.config.update('jax_disable_jit', True)
+    jax.config.update('jax_debug_nans', True)
+    logging.warning('--debug: jit is off and NaNs are errors; expect the run to be slow')
 
 
 def experiment_main(name: str, run, check_config=None):
@@ -74,6 +84,8 @@ def experiment_main(name: str, run, check_config=None):
                 check_config(config)
             except ValueError as e:
                 sys.exit(f'FATAL bad config: {e}')
+        if flags.FLAGS.debug:
+            enable_debug()
         run(config, workdir)
 
     return main
