@@ -6,6 +6,8 @@ import sys
 import jax
 from absl import logging
 
+from research.train import distributed
+
 
 def _flatten(tree: dict, prefix: str = '') -> dict:
     flat = {}
@@ -86,6 +88,10 @@ def experiment_main(name: str, run, check_config=None):
                 sys.exit(f'FATAL bad config: {e}')
         if flags.FLAGS.debug:
             enable_debug()
+        try:
+            distributed.initialize_if_requested()
+        except ValueError as e:
+            sys.exit(f'FATAL bad multi-process setup: {e}')
         run(config, workdir)
 
     return main
