@@ -74,14 +74,18 @@ class BatchPipeline:
         # tuple, so a reader never pairs one epoch with another's permutation.
         self._cached: tuple[int, np.ndarray] | None = None
 
-    def batch(self, step: int) -> dict[str, np.ndarray]:
-        """This process's rows of global batch number `step`."""
+    def indices(self, step: int) -> np.ndarray:
+        """Which rows of `arrays` make this process's part of global batch number `step`."""
         step = operator.index(step)
         if step < 0:
             raise ValueError(f'step must be non-negative, got {step}')
         epoch, k = divmod(step, self.steps_per_epoch)
         start = k * self.global_batch + self.process_index * self.local_batch
-        rows = self._epoch_permutation(epoch)[start:start + self.local_batch]
+        return self._epoch_permutation(epoch)[start:start + self.local_batch]
+
+    def batch(self, step: int) -> dict[str, np.ndarray]:
+        """This process's rows of global batch number `step`."""
+        rows = self.indices(step)
         return {key: value[rows] for key, value in self.arrays.items()}
 
     def iterate(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
