@@ -19,6 +19,7 @@ checkpoints/; rerunning the same command resumes from the latest checkpoint.
 import os
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -28,7 +29,7 @@ from research import data
 from research.evals.score import score_metrics
 from research.models.gan import make_gan
 from research.objectives.gan import init_gan_state, make_gan_step, make_sampler
-from research.train import loop, mesh as mesh_lib
+from research.train import loop, mesh as mesh_lib, population
 from research.train.images import image_grid, save_png
 from research.train.run_config import define_flags, experiment_main, save_config
 
@@ -45,6 +46,8 @@ def get_config(preset: str = 'default') -> ml_collections.ConfigDict:
     c.model = dict(arch='dcgan', z_dim=100)
     c.loss = dict(kind='non_saturating', gp_weight=10.0)  # or 'hinge', 'wgan_gp'
     c.optim = dict(lr_g=2e-4, lr_d=2e-4, b1=0.5, b2=0.999)
+    c.population = 1  # N > 1: N members (seeds seed..seed+N-1) in one program, vmapped
+    c.population_lr = ()  # optionally one learning rate (G and D) per member
     c.ema_decay = 0.995  # samples come from an EMA of G's weights; 0 = the raw weights
     # steps_per_dispatch K > 1: the dataset on the device, K steps per call (research.train.fused)
     c.train = dict(batch_size=32, steps=2400, log_every=100, checkpoint_every=400,
@@ -64,7 +67,16 @@ def get_config(preset: str = 'default') -> ml_collections.ConfigDict:
     return c
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Rejects bad choices before anything is loaded, built or written."""
+    population.check_size(config.population)
+    if config.population_lr and len(config.population_lr) != config.population:
+        raise ValueError(f'population_lr lists {len(config.population_lr)} learning rates for a '
+                         f'population of {config.population}: give one per member')
+
+
 def run(config: ml_collections.ConfigDict, workdir: str):
+    check_config(config)
     save_config(config, workdir)
     mesh = mesh_lib.data_mesh()
     logging.info('backend %s, %d device(s) in %d process(es)', jax.default_backend(),
@@ -74,14 +86,29 @@ def run(config: ml_collections.ConfigDict, workdir: str):
 
     image_shape = train.images.shape[1:]
     generator, discriminator = make_gan(config.model.arch, image_shape)
-    adam = lambda lr: optax.adam(lr, b1=config.optim.b1, b2=config.optim.b2)
+    # The learning rate lives in the optimizer state, so population members can differ in it.
+    adam = lambda lr: optax.inject_hyperparams(optax.adam)(lr, b1=config.optim.b1,
+                                                           b2=config.optim.b2)
     tx_g, tx_d = adam(config.optim.lr_g), adam(config.optim.lr_d)
-    init = jax.jit(lambda key: init_gan_state(key, generator, discriminator, tx_g, tx_d,
-                                              config.model.z_dim, image_shape))
-    state = init(jax.random.PRNGKey(config.seed))  # jitted: op-by-op init takes seconds on CPU
+    init = lambda key: init_gan_state(key, generator, discriminator, tx_g, tx_d,
+                                      config.model.z_dim, image_shape)
     step = make_gan_step(generator, discriminator, tx_g, tx_d, loss=config.loss.kind,
                          z_dim=config.model.z_dim, gp_weight=config.loss.gp_weight,
                          ema_decay=config.ema_decay)
+    n = config.population
+    if n == 1:
+        state = jax.jit(init)(jax.random.PRNGKey(config.seed))  # op by op it takes seconds
+    else:  # member i: seed + i, and its own learning rate if population_lr lists them
+        state = jax.jit(jax.vmap(init))(population.member_keys(config.seed, n))
+        if config.population_lr:
+            with_lr = lambda opt: opt._replace(hyperparams={  # a buffer each: both are donated
+                **opt.hyperparams, 'learning_rate': jnp.array(config.population_lr, jnp.float32)})
+            state = state.replace(g_opt_state=with_lr(state.g_opt_state),
+                                  d_opt_state=with_lr(state.d_opt_state))
+        step = population.make_population_step(step, n)
+        logging.info('population of %d members: seeds %d..%d%s', n, config.seed,
+                     config.seed + n - 1, f', learning rates {list(config.population_lr)}'
+                     if config.population_lr else '')
 
     sampler = make_sampler(generator)
     noise = lambda n, salt: jax.random.normal(jax.random.PRNGKey(salt), (n, config.model.z_dim))
@@ -91,9 +118,18 @@ def run(config: ml_collections.ConfigDict, workdir: str):
     def g_weights(state):
         return state.g_ema if config.ema_decay else state.g_params
 
+    def members(state):
+        """(name prefix, state) of each member: ('', state) for a single run."""
+        if n == 1:
+            return [('', state)]
+        return [(f'member_{i}/', population.member(state, i)) for i in range(n)]
+
     def sample_grid(step, state):
-        images = np.asarray(sampler(g_weights(state), state.g_batch_stats, fixed_noise))
-        grid = image_grid(images)
+        rows = min(config.export.grid, 8) if n > 1 else config.export.grid  # a row per member
+        images = np.concatenate([np.asarray(sampler(g_weights(s), s.g_batch_stats,
+                                                    fixed_noise[:rows]))
+                                 for _, s in members(state)])
+        grid = image_grid(images, columns=rows if n > 1 else None)
         if jax.process_index() == 0:
             save_png(os.path.join(workdir, 'samples', f'step_{step:06d}.png'), grid, scale=2)
         return {'samples': grid}
@@ -107,19 +143,24 @@ def run(config: ml_collections.ConfigDict, workdir: str):
         return score_metrics(images, config.data.name, data_dir=config.data.data_dir or None)
 
     def export(step, state):
-        images = generate(state, config.export.num_samples, 4321)
-        if jax.process_index() == 0:
-            np.savez_compressed(os.path.join(workdir, 'samples.npz'), images=images,
-                                step=np.int64(step))
-            logging.info('wrote %d samples of step %d to %s', len(images), step,
-                         os.path.join(workdir, 'samples.npz'))
-        return score(images) if config.scores.at_end else None
+        scores = {}
+        for prefix, member in members(state):
+            images = generate(member, config.export.num_samples, 4321)
+            path = os.path.join(workdir, f'samples{"_" + prefix[:-1] if prefix else ""}.npz')
+            if jax.process_index() == 0:
+                np.savez_compressed(path, images=images, step=np.int64(step))
+                logging.info('wrote %d samples of step %d to %s', len(images), step, path)
+            if config.scores.at_end:
+                scores.update({prefix + k: v for k, v in score(images).items()})
+        return scores or None
 
     hooks = [loop.Hook(config.train.sample_every, sample_grid),
              loop.Hook(config.train.steps, export)]
     if config.scores.every:
-        hooks.append(loop.Hook(config.scores.every, lambda step, state: score(
-            generate(state, config.scores.num_samples, 999)), at_end=False))
+        hooks.append(loop.Hook(config.scores.every, lambda step, state: {
+            prefix + k: v for prefix, member in members(state)
+            for k, v in score(generate(member, config.scores.num_samples, 999)).items()},
+            at_end=False))
     loop.train(workdir=workdir, state=state, step_fn=step, pipeline=pipeline, mesh=mesh,
                num_steps=config.train.steps, log_every=config.train.log_every,
                checkpoint_every=config.train.checkpoint_every,
@@ -130,4 +171,4 @@ def run(config: ml_collections.ConfigDict, workdir: str):
 
 if __name__ == '__main__':  # flags only when run, not when loaded as a config file
     define_flags(__file__, 'runs/gan_mnist[_PRESET]')
-    app.run(experiment_main('gan_mnist', run))
+    app.run(experiment_main('gan_mnist', run, check_config))

@@ -90,6 +90,14 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
+def _step_of(state) -> int:
+    """state.step: a scalar, or one per member of a population (all equal)."""
+    steps = np.unique(np.asarray(jax.device_get(state.step)))
+    if len(steps) != 1:
+        raise ValueError(f'the members of the state are at different steps: {steps.tolist()}')
+    return int(steps[0])
+
+
 def _window_mean(window: list[tuple[int, dict]]) -> dict:
     """Mean of each metric over the window; raises at the first step with a non-finite value.
 
@@ -136,9 +144,9 @@ def train(*, workdir: str, state, step_fn, pipeline, mesh, num_steps: int, log_e
     restored = checkpoints.restore_latest(state)
     if restored is not None:
         state = restored
-        progress.message(f'resuming from the checkpoint at step {int(state.step)} in '
+        progress.message(f'resuming from the checkpoint at step {_step_of(state)} in '
                          f'{checkpoints.directory}')
-    start = int(state.step)
+    start = _step_of(state)
     if start % k and start < num_steps:
         raise ValueError(f'the checkpoint in {checkpoints.directory} is at step {start}, not a '
                          f'multiple of steps_per_dispatch={k}: resume with a K that divides it')

@@ -72,8 +72,8 @@ def format_duration(seconds: float) -> str:
 
 def progress_line(step: int, total: int, values: dict, examples_per_s: float,
                   eta_s: float) -> str:
-    parts = [f'step {step}/{total}']
-    parts += [f'{k} {v:.4g}' for k, v in values.items()]
+    parts = [f'step {step}/{total}']  # per-member values (member_i/...) are for the files only
+    parts += [f'{k} {v:.4g}' for k, v in values.items() if not k.startswith('member_')]
     parts += [f'{examples_per_s:,.0f} ex/s', f'eta {format_duration(eta_s)}']
     return ' | '.join(parts)
 
