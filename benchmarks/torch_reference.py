@@ -13,7 +13,8 @@ dependency of this project; nothing in the project imports this file.
 Setup and run (from the repository root):
 
     python3 -m venv /work/torchvenv && /work/torchvenv/bin/pip install torch==2.13.0 numpy
-    /work/torchvenv/bin/python benchmarks/torch_reference.py {mlpgan,dcgan,vae,rbm} --batch 128 \
+    /work/torchvenv/bin/python benchmarks/torch_reference.py \
+        {mlpgan,dcgan,vae,rbm,charlstm,transformer} --batch 128 \
         [--steps 20] [--repeats 5] [--warmup 3] [--threads N] [--profile-layers]
 
 Prints ONE JSON line:
@@ -44,6 +45,15 @@ db_h = mean(h0_prob - h1_prob); classical momentum 0.5 with lr 0.1 and weight de
 on W only: velocity = 0.5 * velocity + 0.1 * (grad - 2e-4 * W), param += velocity. The
 step also returns the reconstruction error, the batch mean of sum over pixels of
 (v0 - v1_prob)^2, as a tensor.
+
+charlstm: nn.Embedding(65, 64) -> nn.LSTM(64, 256, 1 layer, batch_first) -> nn.Linear(256, 65)
+on a fixed random batch of (B, 129) character ids: inputs the first 128, targets the last 128,
+mean cross-entropy, Adam lr 2e-3 (torch's fused MKL-DNN LSTM kernel does the recurrence).
+Compare with `python -m research.bench charlstm --batch 64`; examples are 128-char windows.
+
+transformer: nanoGPT's baby GPT for CPU (4 layers, 4 heads, width 128, context 64, pre-norm,
+learned positions, tied embeddings, GELU MLP, scaled_dot_product_attention, no dropout), AdamW
+lr 1e-3 betas (0.9, 0.99); run with --batch 12 to match `python -m research.bench transformer`.
 
 ``--profile-layers`` (dcgan) additionally prints one JSON line per conv /
 conv-transpose / linear layer with the median forward+backward time of that layer
@@ -151,8 +161,69 @@ GANS = {
     "mlpgan": (MLPGenerator, MLPDiscriminator),
     "dcgan": (DCGenerator, DCDiscriminator),
 }
-MODELS = [*GANS, "vae", "rbm"]
+MODELS = [*GANS, "vae", "rbm", "charlstm", "transformer"]
 RBM_VISIBLE, RBM_HIDDEN = 784, 500
+VOCAB, SEQ_LEN = 65, 128
+
+
+class CharLSTM(nn.Module):
+    """Embedding(65, 64) -> one-layer LSTM(64, 256) -> Linear(256, 65), batch first."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, 64)
+        self.lstm = nn.LSTM(64, 256, num_layers=1, batch_first=True)
+        self.head = nn.Linear(256, VOCAB)
+
+    def forward(self, x):
+        return self.head(self.lstm(self.embed(x))[0])
+
+
+class Block(nn.Module):
+    """nanoGPT's pre-norm block (no dropout: the baby-GPT CPU recipe runs with dropout 0)."""
+
+    def __init__(self, width, heads):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(),
+                                 nn.Linear(4 * width, width))
+        self.heads = heads
+
+    def forward(self, x):
+        b, t, c = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(c, dim=2)
+        q, k, v = (z.view(b, t, self.heads, c // self.heads).transpose(1, 2) for z in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj(y.transpose(1, 2).reshape(b, t, c))
+        return x + self.mlp(self.ln2(x))
+
+
+class BabyGPT(nn.Module):
+    """nanoGPT's shakespeare_char CPU recipe: 4 layers, 4 heads, width 128, context 64, learned
+    positions, tied input/output embeddings."""
+
+    def __init__(self, layers=4, heads=4, width=128, context=64):
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(VOCAB, width), nn.Embedding(context, width)
+        self.blocks = nn.Sequential(*[Block(width, heads) for _ in range(layers)])
+        self.ln = nn.LayerNorm(width)
+
+    def forward(self, x):
+        h = self.tok(x) + self.pos(torch.arange(x.shape[1]))
+        return self.ln(self.blocks(h)) @ self.tok.weight.t()
+
+
+def make_lm_step(model, opt):
+    def step(tokens):
+        logits = model(tokens[:, :-1])
+        loss = F.cross_entropy(logits.reshape(-1, VOCAB), tokens[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return (loss,)
+
+    return step
 
 
 # ----------------------------------------------------------------------- train step
@@ -304,6 +375,15 @@ def main():
     elif args.model == "rbm":
         step = make_rbm_step()
         data = torch.randint(0, 2, (args.batch, RBM_VISIBLE)).float()   # binary v0
+    elif args.model == "charlstm":
+        model = CharLSTM()
+        step = make_lm_step(model, torch.optim.Adam(model.parameters(), lr=2e-3))
+        data = torch.randint(0, VOCAB, (args.batch, SEQ_LEN + 1))
+    elif args.model == "transformer":
+        model = BabyGPT()
+        step = make_lm_step(model, torch.optim.AdamW(model.parameters(), lr=1e-3,
+                                                     betas=(0.9, 0.99)))
+        data = torch.randint(0, VOCAB, (args.batch, 64 + 1))
     else:
         gen_cls, disc_cls = GANS[args.model]
         G, D = gen_cls(), disc_cls()

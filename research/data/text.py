@@ -1,0 +1,206 @@
+"""Character-level text: the corpus, its vocabulary, random training windows, exact eval windows.
+
+    text, source = load_corpus(config_path)          # the first source that has it
+    vocab = Vocab.from_text(text)
+    check_vocab(workdir, vocab, text, source)        # a resumed run must see the same corpus
+    train, validation = split_tokens(vocab.encode(text))
+    pipeline = WindowPipeline(train, seq_len=256, global_batch=64, seed=0)
+
+Sources, in order: a text file named in the config; tensorflow-datasets' `tiny_shakespeare`, only
+where `tfds_usable`-style probing says it can work now (TensorFlow installed and the dataset
+prepared or its host reachable within seconds; offline, tfds would retry for minutes); the copy
+at ../shared/data/tinyshakespeare/input.txt on development machines (looked up from the current
+directory and from the repository root). None: `CorpusUnavailableError` at once, saying how to
+provide one.
+The split is nanoGPT's: the first 90% of the characters train, the last 10% validate.
+"""
+import hashlib
+import importlib.util
+import itertools
+import json
+import operator
+import os
+from pathlib import Path
+
+import numpy as np
+
+from research.data import datasets
+
+SHARED_CORPUS = os.path.join('..', 'shared', 'data', 'tinyshakespeare', 'input.txt')
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TFDS_NAME = 'tiny_shakespeare'
+TFDS_HOST = ('raw.githubusercontent.com', 443)  # where tfds downloads the text from
+TRAIN_FRACTION = 0.9
+
+
+class CorpusUnavailableError(datasets.DatasetUnavailableError):
+    """No source could provide a text corpus (the message lists them and why)."""
+
+
+def _tfds_usable() -> tuple[bool, str]:
+    """Whether tfds can serve tiny_shakespeare now, decided in seconds (as datasets.tfds_usable)."""
+    if importlib.util.find_spec('tensorflow') is None:
+        return False, 'TensorFlow is not installed (tfds needs it to read tiny_shakespeare)'
+    data_dir = os.environ.get('TFDS_DATA_DIR') or os.path.expanduser('~/tensorflow_datasets')
+    if list(Path(data_dir).glob(f'{TFDS_NAME}/*/dataset_info.json')):
+        return True, f'already prepared in {data_dir}'
+    failure = datasets._connect_failure(*TFDS_HOST, datasets._TFDS_CONNECT_TIMEOUT_S)
+    if failure:
+        return False, (f'not prepared in {data_dir} and download host {TFDS_HOST[0]} '
+                       f'unreachable ({failure})')
+    return True, f'downloadable from {TFDS_HOST[0]}'
+
+
+def _load_tfds() -> str:
+    import tensorflow_datasets as tfds  # slow to import; only when used
+    # tfds cuts the text into train/validation/test pieces; joined they are the whole corpus.
+    parts = [tfds.as_numpy(tfds.load(TFDS_NAME, split=split, batch_size=-1))['text'][0]
+             for split in ('train', 'validation', 'test')]
+    return b''.join(parts).decode('utf-8')
+
+
+def load_corpus(path: str = '') -> tuple[str, str]:
+    """(text, source): the corpus from the first source that has it (module docstring)."""
+    if path:
+        if not os.path.isfile(path):
+            raise CorpusUnavailableError(f'data.path {path!r} is not a file')
+        return _read(path), f'text file {os.path.abspath(path)}'
+    tried = ['data.path: not given (--config.data.path=FILE, any UTF-8 text)']
+    ok, why = _tfds_usable()
+    if ok:
+        return _load_tfds(), f'tensorflow-datasets {TFDS_NAME} ({why})'
+    tried.append(f'tensorflow-datasets {TFDS_NAME}: {why}')
+    for candidate in dict.fromkeys([Path(SHARED_CORPUS), REPO_ROOT / SHARED_CORPUS]):
+        if candidate.is_file():
+            return _read(candidate), f'text file {candidate.resolve()}'
+        tried.append(f'{candidate}: not a file')
+    raise CorpusUnavailableError(
+        'no text corpus is available. Tried:\n' + ''.join(f'  - {line}\n' for line in tried)
+        + 'Name a text file with --config.data.path=FILE (e.g. tiny shakespeare\'s input.txt), '
+        'or install tensorflow and tensorflow-datasets on a machine with network access.')
+
+
+def _read(path) -> str:
+    text = Path(path).read_text(encoding='utf-8')
+    if len(text) < 100:
+        raise CorpusUnavailableError(f'{path}: only {len(text)} characters; need at least 100')
+    return text
+
+
+class Vocab:
+    """The sorted set of characters of a corpus; token id = index in `chars`."""
+
+    def __init__(self, chars: str):
+        if len(set(chars)) != len(chars) or list(chars) != sorted(chars):
+            raise ValueError(f'vocabulary must be sorted distinct characters, got {chars!r}')
+        self.chars = chars
+        self._index = {c: i for i, c in enumerate(chars)}
+
+    @classmethod
+    def from_text(cls, text: str) -> 'Vocab':
+        return cls(''.join(sorted(set(text))))
+
+    def __len__(self) -> int:
+        return len(self.chars)
+
+    def encode(self, text: str) -> np.ndarray:
+        try:
+            return np.array([self._index[c] for c in text], np.int32)
+        except KeyError as e:
+            raise ValueError(f'character {e.args[0]!r} is not in the vocabulary') from None
+
+    def decode(self, ids) -> str:
+        return ''.join(self.chars[i] for i in np.asarray(ids).ravel())
+
+
+def check_vocab(workdir: str, vocab: Vocab, text: str, source: str) -> None:
+    """Writes workdir/vocab.json on a fresh run; on a resumed one, raises if the corpus changed
+    (another vocabulary would silently reinterpret every token id of the checkpoint, another
+    text with the same characters would shift the train/validation split)."""
+    path = os.path.join(workdir, 'vocab.json')
+    record = {'chars': vocab.chars, 'corpus_chars': len(text),
+              'corpus_sha256': hashlib.sha256(text.encode('utf-8')).hexdigest(), 'source': source}
+    if os.path.exists(path):
+        with open(path, encoding='utf-8') as f:
+            saved = json.load(f)
+        for key in ('chars', 'corpus_chars', 'corpus_sha256'):
+            if saved.get(key) != record[key]:
+                raise ValueError(
+                    f'{path}: the corpus differs from the one this run started with ({key} '
+                    f'{saved.get(key)!r} -> {record[key]!r}; then from {saved.get("source")}, '
+                    f'now from {source}); use a new workdir or the original corpus')
+        return
+    import jax  # only process 0 writes
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        with open(path, 'w', encoding='utf-8') as f:
+            json.dump(record, f, indent=2)
+
+
+def split_tokens(tokens: np.ndarray, train_fraction: float = TRAIN_FRACTION):
+    """(train, validation): the first `train_fraction` of the tokens, and the rest."""
+    n = int(len(tokens) * train_fraction)
+    return tokens[:n], tokens[n:]
+
+
+class WindowPipeline:
+    """Random windows of seq_len + 1 tokens ({'tokens': int32 (local_batch, seq_len + 1)}).
+
+    Global batch `step` starts its windows at np.random.default_rng([seed, step]).integers(0,
+    N - seq_len, global_batch): a pure function of (seed, step), so there is no iterator state
+    and a resumed run draws exactly the windows the uninterrupted one would. Process p takes rows
+    [p * local_batch, (p + 1) * local_batch) of the global batch.
+    """
+
+    def __init__(self, tokens: np.ndarray, seq_len: int, global_batch: int, seed: int,
+                 process_index: int | None = None, process_count: int | None = None):
+        if process_index is None or process_count is None:
+            import jax
+            process_index = jax.process_index() if process_index is None else process_index
+            process_count = jax.process_count() if process_count is None else process_count
+        if seq_len < 1 or len(tokens) < seq_len + 1:
+            raise ValueError(f'need 1 <= seq_len < {len(tokens)} tokens, got seq_len={seq_len}')
+        if global_batch < 1 or global_batch % process_count:
+            raise ValueError(f'global_batch={global_batch} must be a positive multiple of '
+                             f'process_count={process_count}')
+        if not 0 <= process_index < process_count or seed < 0:
+            raise ValueError(f'need 0 <= process_index < process_count and seed >= 0, got '
+                             f'{process_index}, {process_count}, {seed}')
+        self.tokens = np.asarray(tokens, np.int32)
+        self.seq_len, self.global_batch, self.seed = seq_len, global_batch, seed
+        self.local_batch = global_batch // process_count
+        self.process_index = process_index
+        self._offsets = np.arange(seq_len + 1)
+
+    def batch(self, step: int) -> dict[str, np.ndarray]:
+        step = operator.index(step)
+        if step < 0:
+            raise ValueError(f'step must be non-negative, got {step}')
+        starts = np.random.default_rng([self.seed, step]).integers(
+            0, len(self.tokens) - self.seq_len, self.global_batch)
+        mine = starts[self.process_index * self.local_batch:][:self.local_batch]
+        return {'tokens': self.tokens[mine[:, None] + self._offsets]}
+
+    def iterate(self, start_step: int = 0):
+        start_step = operator.index(start_step)
+        if start_step < 0:
+            raise ValueError(f'start_step must be non-negative, got {start_step}')
+        return map(self.batch, itertools.count(start_step))
+
+
+def eval_windows(tokens: np.ndarray, seq_len: int) -> np.ndarray:
+    """int32 (W, seq_len + 1) windows in which every target tokens[1:] appears exactly once.
+
+    Window w holds tokens[w * seq_len : w * seq_len + seq_len + 1]: its inputs are the first
+    seq_len, its targets the last seq_len, so consecutive windows share one token (the last
+    target of one is the first input of the next) and the targets tile tokens[1:]. The last
+    window is padded with -1, which marks a position that is no target.
+    """
+    tokens = np.asarray(tokens, np.int32)
+    if len(tokens) < 2:
+        raise ValueError(f'need at least 2 tokens to predict one, got {len(tokens)}')
+    count = -(-(len(tokens) - 1) // seq_len)
+    padded = np.full(count * seq_len + 1, -1, np.int32)
+    padded[:len(tokens)] = tokens
+    index = np.arange(count)[:, None] * seq_len + np.arange(seq_len + 1)
+    return padded[index]
