@@ -40,7 +40,7 @@ import ml_collections
 import numpy as np
 from absl import app, logging
 
-from research import data
+from research import data, files
 from research.evals.lm import make_lm_evaluator
 from research.models.sequence import POSITIONS, make_char_model
 from research.objectives.lm import init_lm_state, make_generate, make_lm_optimizer, make_lm_step
@@ -145,9 +145,8 @@ def run(config: ml_collections.ConfigDict, workdir: str):
         print(f'--- sample at step {step} (temperature {s.temperature}, top_k {s.top_k}) ---\n'
               f'{sample_text}\n---', flush=True)
         if jax.process_index() == 0:
-            os.makedirs(os.path.join(workdir, 'samples'), exist_ok=True)
-            with open(os.path.join(workdir, 'samples', f'step_{step:06d}.txt'), 'w',
-                      encoding='utf-8') as f:
+            files.makedirs(os.path.join(workdir, 'samples'))
+            with files.open(os.path.join(workdir, 'samples', f'step_{step:06d}.txt'), 'w') as f:
                 f.write(sample_text)
 
     def final(step, state):
@@ -165,7 +164,7 @@ def run(config: ml_collections.ConfigDict, workdir: str):
                       loop.Hook(s.every, lambda step, state: sample(step, state)
                                 if step != steps else None, at_end=False),
                       loop.Hook(steps, final)))
-    print(f'done: samples/, metrics and checkpoints in {os.path.abspath(workdir)} '
+    print(f'done: samples/, metrics and checkpoints in {files.absolute(workdir)} '
           f'(loss {math.log(len(vocab)):.3f} nats/char would be a uniform guess)', flush=True)
 
 

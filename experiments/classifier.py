@@ -40,7 +40,7 @@ import ml_collections
 import numpy as np
 from absl import app, logging
 
-from research import data
+from research import data, files
 from research.evals import classification, judge
 from research.models.classifier import ARCHS, make_classifier
 from research.objectives.classifier import (check_augment, init_classifier_state,
@@ -154,10 +154,10 @@ def run(config: ml_collections.ConfigDict, workdir: str):
             classification.confusion_png(
                 scores['confusion'], class_names, os.path.join(workdir, 'confusion.png'),
                 title=f'{d.name} {name}: accuracy {scores["accuracy"]:.4f}')
-            with open(os.path.join(workdir, 'classification.json'), 'w', encoding='utf-8') as f:
+            with files.open(os.path.join(workdir, 'classification.json'), 'w') as f:
                 json.dump(report, f, indent=2)
             if config.export_judge:
-                with open(os.path.join(workdir, 'judge.msgpack'), 'wb') as f:
+                with files.open(os.path.join(workdir, 'judge.msgpack'), 'wb') as f:
                     f.write(raw)
         return {f'{name}/accuracy': scores['accuracy'], f'{name}/macro_f1': scores['macro_f1']}
 
@@ -167,7 +167,7 @@ def run(config: ml_collections.ConfigDict, workdir: str):
                hooks=(loop.Hook(config.train.eval_every, evaluate, at_end=False),
                       loop.Hook(config.train.steps, final)))
     print(f'done: classification.json, confusion.png, metrics and checkpoints in '
-          f'{os.path.abspath(workdir)}', flush=True)
+          f'{files.absolute(workdir)}', flush=True)
 
 
 if __name__ == '__main__':  # flags only when run, not when loaded as a config file

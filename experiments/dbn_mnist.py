@@ -4,21 +4,21 @@ r"""Deep belief network on MNIST or Fashion-MNIST: greedy RBM layers, samples, A
     python -m experiments.dbn_mnist --config.data.name=fashion_mnist # full Fashion-MNIST
     python -m experiments.dbn_mnist --config.finetune.init=random    # the MLP alone, no DBN
 
-Default: a 784-500-500-2000 DBN (Hinton, Osindero & Teh 2006). Each layer is an RBM trained on
-the hidden probabilities of the layers below, the pixels binarized afresh for every batch, by
-persistent contrastive divergence (PCD-1, Tieleman 2008: 128 fantasy particles carried in the
-train state, lr 0.02 decayed linearly to 0, momentum 0.5, weight decay 2e-4; rbm.persistent=False
-and rbm.k give CD-k). Measured on the offline digits, the first RBM's heldout log-likelihood is
--113.1 nats so, against -152.5 by CD-1 and -118.2 by CD-10 (twice the time), both at a constant
-lr 0.05; PCD's samples are digits where CD-1's are blobs. After each layer:
-samples/layer_L_{samples,chains}.png (the DBN up to that layer: rbm.gibbs sweeps of its top RBM from the base rate of
-its visible units, then one pass down; `chains` shows 10 chains every tenth of the way) and,
-after layer 1, filters.png (its first 100 units as 28x28 tiles) and the AIS estimate of its
-log Z (Salakhutdinov & Murray 2008: base-rate model from the training marginals, ais.betas
-inverse temperatures in their schedule, ais.runs parallel runs), which gives its log-likelihood
-in nats on the evaluation split, binarized once from a seed. Then the DBN's weights initialise
-a sigmoid MLP 784-500-500-2000-10 fine-tuned by backprop (AdamW, cosine decay) on grey-level
-images, and its accuracy is measured on the whole evaluation split. Everything lands in
+Default: a 784-500-500-2000 DBN (Hinton, Osindero & Teh 2006). Each layer is an RBM trained on the
+hidden probabilities of the layers below, the pixels binarized afresh for every batch, by
+persistent contrastive divergence (PCD-1, Tieleman 2008: 128 fantasy particles carried in the train
+state, lr 0.02 decayed linearly to 0, momentum 0.5, weight decay 2e-4; rbm.persistent=False and
+rbm.k give CD-k). Measured on the offline digits, the first RBM's heldout log-likelihood is -113.1
+nats so, against -152.5 by CD-1 and -118.2 by CD-10 (twice the time), both at a constant lr 0.05;
+PCD's samples are digits where CD-1's are blobs. After each layer:
+samples/layer_L_{samples,chains}.png (the DBN up to that layer: rbm.gibbs sweeps of its top RBM
+from the base rate of its visible units, then one pass down; `chains` shows 10 chains every tenth
+of the way) and, after layer 1, filters.png (its first 100 units as 28x28 tiles) and the AIS
+estimate of its log Z (Salakhutdinov & Murray 2008: base-rate model from the training marginals,
+ais.betas inverse temperatures in their schedule, ais.runs parallel runs), which gives its
+log-likelihood in nats on the evaluation split, binarized once from a seed. Then the DBN's weights
+initialise a sigmoid MLP 784-500-500-2000-10 fine-tuned by backprop (AdamW, cosine decay) on
+grey-level images, and its accuracy is measured on the whole evaluation split. Everything lands in
 results.json; one workdir per phase (rbm_1, rbm_2, rbm_3, finetune) holds checkpoints (the PCD
 chains included), metrics.jsonl and TensorBoard logs; rerunning the same command resumes.
 
@@ -49,7 +49,7 @@ import numpy as np
 import optax
 from absl import app, logging
 
-from research import data
+from research import data, files
 from research.evals import ais, classification
 from research.evals.rbm_pictures import filter_grid, pixel_grid
 from research.models import dbn as dbn_lib, rbm as rbm_lib
@@ -137,7 +137,7 @@ def run(config: ml_collections.ConfigDict, workdir: str):
 
     def write_png(path, grid):
         if jax.process_index() == 0:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
+            files.makedirs(os.path.dirname(path))
             save_png(path, grid, scale=2)
         return grid
 
@@ -227,10 +227,10 @@ def run(config: ml_collections.ConfigDict, workdir: str):
 
     results['finetune'] = finetune(config, workdir, layers, train, test, name, mesh)
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, 'results.json'), 'w', encoding='utf-8') as f:
+        with files.open(os.path.join(workdir, 'results.json'), 'w') as f:
             json.dump(results, f, indent=2)
     print(f'done: results.json{", filters.png, samples/" if pretrain else ""} and one '
-          f'directory per phase in {os.path.abspath(workdir)}', flush=True)
+          f'directory per phase in {files.absolute(workdir)}', flush=True)
 
 
 def batched(fn, x, size: int = 5000) -> np.ndarray:

@@ -25,7 +25,7 @@ import numpy as np
 import optax
 from absl import app, logging
 
-from research import data
+from research import data, files
 from research.evals.score import score_metrics
 from research.models.gan import make_gan
 from research.objectives.gan import init_gan_state, make_gan_step, make_sampler
@@ -113,7 +113,7 @@ def run(config: ml_collections.ConfigDict, workdir: str):
     sampler = make_sampler(generator)
     noise = lambda n, salt: jax.random.normal(jax.random.PRNGKey(salt), (n, config.model.z_dim))
     fixed_noise = noise(config.export.grid, 1234)
-    os.makedirs(os.path.join(workdir, 'samples'), exist_ok=True)
+    files.makedirs(os.path.join(workdir, 'samples'))
 
     def g_weights(state):
         return state.g_ema if config.ema_decay else state.g_params
@@ -148,7 +148,8 @@ def run(config: ml_collections.ConfigDict, workdir: str):
             images = generate(member, config.export.num_samples, 4321)
             path = os.path.join(workdir, f'samples{"_" + prefix[:-1] if prefix else ""}.npz')
             if jax.process_index() == 0:
-                np.savez_compressed(path, images=images, step=np.int64(step))
+                with files.open(path, 'wb') as f:
+                    np.savez_compressed(f, images=images, step=np.int64(step))
                 logging.info('wrote %d samples of step %d to %s', len(images), step, path)
             if config.scores.at_end:
                 scores.update({prefix + k: v for k, v in score(images).items()})
@@ -166,7 +167,7 @@ def run(config: ml_collections.ConfigDict, workdir: str):
                checkpoint_every=config.train.checkpoint_every,
                steps_per_dispatch=config.train.steps_per_dispatch,
                hooks=tuple(hooks))
-    print(f'done: samples, metrics and checkpoints in {os.path.abspath(workdir)}', flush=True)
+    print(f'done: samples, metrics and checkpoints in {files.absolute(workdir)}', flush=True)
 
 
 if __name__ == '__main__':  # flags only when run, not when loaded as a config file

@@ -24,7 +24,7 @@ import jax
 import ml_collections
 from absl import app, logging
 
-from research import data
+from research import data, files
 from research.evals import classification
 from research.models.sequence import RNN_KINDS, RowLSTMClassifier
 from research.objectives.classifier import (init_classifier_state, make_classifier_step,
@@ -100,7 +100,7 @@ def run(config: ml_collections.ConfigDict, workdir: str):
         print(f'final ({name}, {len(test.labels)} examples, step {step}): accuracy '
               f'{scores["accuracy"]:.4f}, macro F1 {scores["macro_f1"]:.4f}', flush=True)
         if jax.process_index() == 0:
-            with open(os.path.join(workdir, 'classification.json'), 'w', encoding='utf-8') as f:
+            with files.open(os.path.join(workdir, 'classification.json'), 'w') as f:
                 json.dump(report, f, indent=2)
         return {f'{name}/accuracy': scores['accuracy'], f'{name}/macro_f1': scores['macro_f1']}
 
@@ -109,7 +109,7 @@ def run(config: ml_collections.ConfigDict, workdir: str):
                log_every=config.train.log_every, checkpoint_every=config.train.checkpoint_every,
                hooks=(loop.Hook(config.train.eval_every, evaluate, at_end=False),
                       loop.Hook(steps, final)))
-    print(f'done: classification.json, metrics and checkpoints in {os.path.abspath(workdir)}',
+    print(f'done: classification.json, metrics and checkpoints in {files.absolute(workdir)}',
           flush=True)
 
 

@@ -43,7 +43,7 @@ import numpy as np
 import optax
 from absl import app, logging
 
-from research import data
+from research import data, files
 from research.evals.score import score_metrics
 from research.evals import likelihood as likelihood_eval
 from research.evals.vae_pictures import VAEPictures, pick
@@ -139,7 +139,7 @@ def run(config: ml_collections.ConfigDict, workdir: str):
     eval_key = jax.random.PRNGKey(config.seed + 7)
     shown = test_images[pick(len(test_images), 48)]  # the same examples all run long
     samples_dir = os.path.join(workdir, 'samples')
-    os.makedirs(samples_dir, exist_ok=True)
+    files.makedirs(samples_dir)
 
     def write_png(filename, grid):
         if jax.process_index() == 0:
@@ -167,8 +167,8 @@ def run(config: ml_collections.ConfigDict, workdir: str):
         samples = np.concatenate([np.asarray(pictures.decode(state.params, z[i:i + 1000]))
                                   for i in range(0, len(z), 1000)])
         if jax.process_index() == 0:
-            np.savez_compressed(os.path.join(workdir, 'samples.npz'), images=samples,
-                                step=np.int64(step))
+            with files.open(os.path.join(workdir, 'samples.npz'), 'wb') as f:
+                np.savez_compressed(f, images=samples, step=np.int64(step))
         scores = evaluate(step, state, nll=True)
         if config.scores.at_end:  # against the training split, as the GAN's samples are
             scores.update(score_metrics(samples, d.name, reference_split=d.train_split,
@@ -187,7 +187,7 @@ def run(config: ml_collections.ConfigDict, workdir: str):
                hooks=(loop.Hook(config.train.eval_every, evaluate, at_end=False),
                       loop.Hook(config.train.sample_every, pictures_hook),
                       loop.Hook(config.train.steps, final)))
-    print(f'done: pictures, metrics and checkpoints in {os.path.abspath(workdir)}', flush=True)
+    print(f'done: pictures, metrics and checkpoints in {files.absolute(workdir)}', flush=True)
 
 
 if __name__ == '__main__':  # flags only when run, not when loaded as a config file

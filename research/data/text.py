@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from research import files
 from research.data import datasets
 
 SHARED_CORPUS = os.path.join('..', 'shared', 'data', 'tinyshakespeare', 'input.txt')
@@ -120,8 +121,8 @@ def check_vocab(workdir: str, vocab: Vocab, text: str, source: str) -> None:
     path = os.path.join(workdir, 'vocab.json')
     record = {'chars': vocab.chars, 'corpus_chars': len(text),
               'corpus_sha256': hashlib.sha256(text.encode('utf-8')).hexdigest(), 'source': source}
-    if os.path.exists(path):
-        with open(path, encoding='utf-8') as f:
+    if files.exists(path):
+        with files.open(path) as f:
             saved = json.load(f)
         for key in ('chars', 'corpus_chars', 'corpus_sha256'):
             if saved.get(key) != record[key]:
@@ -132,8 +133,8 @@ def check_vocab(workdir: str, vocab: Vocab, text: str, source: str) -> None:
         return
     import jax  # only process 0 writes
     if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        with open(path, 'w', encoding='utf-8') as f:
+        files.makedirs(workdir)
+        with files.open(path, 'w') as f:
             json.dump(record, f, indent=2)
 
 

@@ -14,6 +14,7 @@ import os
 import jax
 import numpy as np
 
+from research import files
 from research.evals.likelihood import DatasetEvaluator
 from research.objectives.classifier import make_predict_fn
 
@@ -101,7 +102,8 @@ def confusion_png(matrix: np.ndarray, class_names, path: str, title: str = '') -
         if title:
             ax.set_title(title, fontsize=9)
         fig.tight_layout()
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        fig.savefig(path)
+        files.makedirs(os.path.dirname(files.absolute(path)))
+        with files.open(path, 'wb') as f:
+            fig.savefig(f, format='png')
     finally:
         plt.close(fig)

@@ -4,6 +4,8 @@ import math
 import numpy as np
 from PIL import Image
 
+from research import files
+
 
 def image_grid(images: np.ndarray, columns: int | None = None, pad: int = 2) -> np.ndarray:
     """uint8 (N, H, W, C) -> one uint8 (rows*(H+pad)+pad, cols*(W+pad)+pad, C) image."""
@@ -24,4 +26,5 @@ def save_png(path: str, image: np.ndarray, scale: int = 1) -> None:
     """Writes an (H, W, 1|3) uint8 image, optionally enlarged `scale` times (nearest neighbour)."""
     if scale > 1:
         image = image.repeat(scale, axis=0).repeat(scale, axis=1)
-    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path)
+    with files.open(path, 'wb') as f:  # local or in a bucket
+        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(f, format='PNG')

@@ -13,6 +13,8 @@ import jax
 import numpy as np
 from tensorboardX import SummaryWriter
 
+from research import files
+
 
 class MetricWriter:
 
@@ -21,30 +23,40 @@ class MetricWriter:
         self.jsonl_path = os.path.join(workdir, 'metrics.jsonl')
         if not self.enabled:
             return
-        os.makedirs(workdir, exist_ok=True)
-        self._drop_records_after(resume_step)
-        self._jsonl = open(self.jsonl_path, 'a', encoding='utf-8')
+        files.makedirs(workdir)
+        self._lines = self._drop_records_after(resume_step)
+        # A bucket cannot append: there the file is rewritten whole at each logging step.
+        self._jsonl = None if files.is_url(workdir) else open(self.jsonl_path, 'a',
+                                                                encoding='utf-8')
         # Event files are named by the second they are opened and the host: the suffix keeps a
         # run resumed within the same second from truncating the previous writer's file.
         self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'),
                                  purge_step=resume_step + 1 if resume_step else None,
                                  filename_suffix=f'.{os.getpid()}.{resume_step}')
 
-    def _drop_records_after(self, step: int) -> None:
-        if not os.path.exists(self.jsonl_path):
-            return
-        with open(self.jsonl_path, encoding='utf-8') as f:
+    def _drop_records_after(self, step: int) -> list[str]:
+        """Keeps the records up to `step` (a resumed run logs the later ones again)."""
+        if not files.exists(self.jsonl_path):
+            return []
+        with files.open(self.jsonl_path) as f:
             kept = [line for line in f if line.strip() and json.loads(line)['step'] <= step]
-        with open(self.jsonl_path, 'w', encoding='utf-8') as f:
+        with files.open(self.jsonl_path, 'w') as f:
             f.writelines(kept)
+        return kept
 
     def scalars(self, step: int, values: dict) -> None:
         if not self.enabled:
             return
         values = {k: float(v) for k, v in values.items()}
         record = {'step': step, 'time': round(time.time(), 3), **values}
-        self._jsonl.write(json.dumps(record) + '\n')
-        self._jsonl.flush()
+        line = json.dumps(record) + '\n'
+        if self._jsonl is None:
+            self._lines.append(line)
+            with files.open(self.jsonl_path, 'w') as f:
+                f.writelines(self._lines)
+        else:
+            self._jsonl.write(line)
+            self._jsonl.flush()
         for key, value in values.items():
             self._tb.add_scalar(key, value, step)
 
@@ -55,7 +67,8 @@ class MetricWriter:
 
     def close(self) -> None:
         if self.enabled:
-            self._jsonl.close()
+            if self._jsonl is not None:
+                self._jsonl.close()
             self._tb.close()
 
 

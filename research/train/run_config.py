@@ -6,6 +6,7 @@ import sys
 import jax
 from absl import logging
 
+from research import files
 from research.train import distributed
 
 
@@ -24,8 +25,8 @@ def save_config(config, workdir: str) -> dict:
     path = os.path.join(workdir, 'config.json')
     new = json.loads(config.to_json())
     changed = {}
-    if os.path.exists(path):
-        with open(path, encoding='utf-8') as f:
+    if files.exists(path):
+        with files.open(path) as f:
             old = _flatten(json.load(f))
         flat_new = _flatten(new)
         changed = {k: (old.get(k), flat_new.get(k)) for k in old.keys() | flat_new.keys()
@@ -34,8 +35,8 @@ def save_config(config, workdir: str) -> dict:
             logging.warning('config.%s changed since this workdir was started: %r -> %r',
                             key, was, now)
     if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        with open(path, 'w', encoding='utf-8') as f:
+        files.makedirs(workdir)
+        with files.open(path, 'w') as f:
             json.dump(new, f, indent=2)
     return changed
 

@@ -17,6 +17,8 @@ from importlib import metadata
 
 import jax
 
+from research import files
+
 FILENAME = 'run_info.json'
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -93,9 +95,9 @@ def collect(step: int | None = None) -> dict:
 def read_run_info(workdir: str) -> list[dict] | None:
     """The start records of workdir/run_info.json, oldest first; None if the file is absent."""
     path = os.path.join(workdir, FILENAME)
-    if not os.path.exists(path):
+    if not files.exists(path):
         return None
-    with open(path, encoding='utf-8') as f:
+    with files.open(path) as f:
         try:
             info = json.load(f)
         except json.JSONDecodeError as e:
@@ -117,9 +119,9 @@ def write_run_info(workdir: str, step: int | None = None) -> dict | None:
         return None
     record = collect(step)
     starts = read_run_info(workdir) or []
-    os.makedirs(workdir, exist_ok=True)
+    files.makedirs(workdir)
     path = os.path.join(workdir, FILENAME)
-    with open(path + '.tmp', 'w', encoding='utf-8') as f:
+    with files.open(path + '.tmp', 'w') as f:
         json.dump({'starts': starts + [record]}, f, indent=2)
-    os.replace(path + '.tmp', path)
+    files.replace(path + '.tmp', path)
     return record
