@@ -32,7 +32,6 @@ Full MNIST (60,000 / 10,000, where tfds or DEEPGEN_MNIST_DIR provides it): not m
 judge_mnist recipe with --config.data.train_split=train --config.data.train_dir=''
 --config.data.test_split=test is the command, and 99.3% is the bar such a CNN should pass.
 """
-import json
 import os
 
 import jax
@@ -137,28 +136,18 @@ def run(config: ml_collections.ConfigDict, workdir: str):
                                                    == test.labels))}
 
     def final(step, state):
-        scores = classification.classification_metrics(
-            test.labels, predict(state.params, test.images), len(class_names))
-        report = {**classification.metrics_as_json(scores, class_names), 'step': step,
-                  'evaluated_on': name, 'train_source': train.source,
-                  'train_examples': len(train.labels), 'test_source': test.source,
-                  'test_examples': len(test.labels)}
-        print(f'final ({name}, {len(test.labels)} examples, step {step}): accuracy '
-              f'{scores["accuracy"]:.4f}, macro F1 {scores["macro_f1"]:.4f}', flush=True)
+        extra = {}
         if config.export_judge:
             raw = judge.params_to_bytes(state.params)
-            report['judge_sha256'] = judge.sha256(raw)
+            extra['judge_sha256'] = judge.sha256(raw)
             print(f'judge weights: {os.path.join(workdir, "judge.msgpack")} ({len(raw):,} '
-                  f'bytes), sha256 {report["judge_sha256"]}', flush=True)
-        if jax.process_index() == 0:
-            classification.confusion_png(
-                scores['confusion'], class_names, os.path.join(workdir, 'confusion.png'),
-                title=f'{d.name} {name}: accuracy {scores["accuracy"]:.4f}')
-            with files.open(os.path.join(workdir, 'classification.json'), 'w') as f:
-                json.dump(report, f, indent=2)
-            if config.export_judge:
+                  f'bytes), sha256 {extra["judge_sha256"]}', flush=True)
+            if jax.process_index() == 0:
                 with files.open(os.path.join(workdir, 'judge.msgpack'), 'wb') as f:
                     f.write(raw)
+        scores = classification.write_report(
+            workdir, train, test, predict(state.params, test.images), class_names, name=name,
+            step=step, title=f'{d.name} {name}', extra=extra)
         return {f'{name}/accuracy': scores['accuracy'], f'{name}/macro_f1': scores['macro_f1']}
 
     loop.train(workdir=workdir, state=state, step_fn=step, pipeline=pipeline, mesh=mesh,

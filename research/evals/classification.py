@@ -9,6 +9,7 @@ dropped); the counting is plain numpy on the host, so every number here is exact
 A class never predicted has precision 0 (and F1 0), not NaN: sklearn's `zero_division=0`, so a
 collapsed classifier shows up as a low macro F1 rather than as a missing number.
 """
+import json
 import os
 
 import jax
@@ -107,3 +108,22 @@ def confusion_png(matrix: np.ndarray, class_names, path: str, title: str = '') -
             fig.savefig(f, format='png')
     finally:
         plt.close(fig)
+
+
+def write_report(workdir: str, train, test, predictions, class_names, *, name: str, step: int,
+                 title: str, extra: dict | None = None) -> dict:
+    """The end of a classifier run: prints the final line, writes classification.json (every
+    metric, where the data came from, `extra`) and confusion.png (process 0); returns the
+    metrics."""
+    scores = classification_metrics(test.labels, predictions, len(class_names))
+    report = {**metrics_as_json(scores, class_names), 'step': step, 'evaluated_on': name,
+              'train_source': train.source, 'train_examples': len(train.labels),
+              'test_source': test.source, 'test_examples': len(test.labels), **(extra or {})}
+    print(f'final ({name}, {len(test.labels)} examples, step {step}): accuracy '
+          f'{scores["accuracy"]:.4f}, macro F1 {scores["macro_f1"]:.4f}', flush=True)
+    if jax.process_index() == 0:
+        confusion_png(scores['confusion'], class_names, os.path.join(workdir, 'confusion.png'),
+                      title=f'{title}: accuracy {scores["accuracy"]:.4f}')
+        with files.open(os.path.join(workdir, 'classification.json'), 'w') as f:
+            json.dump(report, f, indent=2)
+    return scores
