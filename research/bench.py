@@ -40,21 +40,31 @@ from research.objectives.vae import init_vae_state, make_vae_step
 Z_DIM = 100
 
 
-def gan_setup(arch: str, batch: int):
+def gan_parts(arch: str):
+    """(init(key) -> state, step) of the GAN the experiments train."""
     generator, discriminator = make_gan(arch)
-    tx_g = optax.adam(2e-4, b1=0.5, b2=0.999)
-    tx_d = optax.adam(2e-4, b1=0.5, b2=0.999)
-    state = init_gan_state(jax.random.PRNGKey(0), generator, discriminator, tx_g, tx_d,
-                           Z_DIM, (28, 28, 1))
-    step = make_gan_step(generator, discriminator, tx_g, tx_d, loss='non_saturating', z_dim=Z_DIM)
-    return state, step, random_batch(batch)
+    tx = optax.adam(2e-4, b1=0.5, b2=0.999)
+    init = lambda key: init_gan_state(key, generator, discriminator, tx, tx, Z_DIM, (28, 28, 1))
+    return init, make_gan_step(generator, discriminator, tx, tx, loss='non_saturating',
+                               z_dim=Z_DIM)
 
 
-def vae_setup(arch: str, batch: int, latent: int = 20):
+def vae_parts(arch: str, latent: int = 20):
+    """(init(key) -> state, step) of the VAE the experiments train."""
     vae = make_vae(arch, latent=latent, channels=1)
     tx = optax.adam(1e-3)
-    state = init_vae_state(jax.random.PRNGKey(0), vae, tx, (28, 28, 1), latent)
-    return state, make_vae_step(vae, tx, likelihood='bernoulli'), random_batch(batch)
+    return (lambda key: init_vae_state(key, vae, tx, (28, 28, 1), latent),
+            make_vae_step(vae, tx, likelihood='bernoulli'))
+
+
+def gan_setup(arch: str, batch: int):
+    init, step = gan_parts(arch)
+    return init(jax.random.PRNGKey(0)), step, random_batch(batch)
+
+
+def vae_setup(arch: str, batch: int):
+    init, step = vae_parts(arch)
+    return init(jax.random.PRNGKey(0)), step, random_batch(batch)
 
 
 def rbm_setup(batch: int, visible: int = 784, hidden: int = 500):

@@ -17,29 +17,16 @@ import time
 
 import jax
 import numpy as np
-import optax
 
+from research.bench import gan_parts, vae_parts
 from research.data import BatchPipeline
-from research.models.gan import make_gan
-from research.models.vae import make_vae
-from research.objectives.gan import init_gan_state, make_gan_step
-from research.objectives.vae import init_vae_state, make_vae_step
 from research.train import mesh as mesh_lib, population
 from research.train.fused import FusedSteps
 
 
 def setup(model: str):
-    """(init(key) -> state, step) as the experiments build them."""
-    if model == 'mlpgan':
-        generator, discriminator = make_gan('mlp')
-        tx = optax.adam(2e-4, b1=0.5)
-        return (lambda key: init_gan_state(key, generator, discriminator, tx, tx, 100,
-                                           (28, 28, 1)),
-                make_gan_step(generator, discriminator, tx, tx, loss='non_saturating', z_dim=100))
-    vae = make_vae('mlp', latent=20, channels=1)
-    tx = optax.adam(1e-3)
-    return (lambda key: init_vae_state(key, vae, tx, (28, 28, 1), 20),
-            make_vae_step(vae, tx, likelihood='bernoulli'))
+    """(init(key) -> state, step) as `research.bench` builds them."""
+    return gan_parts('mlp') if model == 'mlpgan' else vae_parts('mlp')
 
 
 def rate(run, calls: int, repeats: int) -> float:

@@ -20,11 +20,12 @@ def _remote(path):
     return epath.Path(str(path))
 
 
-def open(path, mode: str = 'r', encoding: str | None = None):  # noqa: A001 -- the same verb
-    """builtins.open for local paths; etils.epath for URLs (text modes are UTF-8)."""
+def open(path, mode: str = 'r'):  # noqa: A001 -- the same verb
+    """builtins.open for local paths, etils.epath for URLs; text modes are UTF-8 in both."""
+    encoding = None if 'b' in mode else 'utf-8'
     if is_url(path):
-        return _remote(path).open(mode, **({} if 'b' in mode else {'encoding': 'utf-8'}))
-    return builtins.open(path, mode, encoding=encoding if 'b' not in mode else None)
+        return _remote(path).open(mode, encoding=encoding)
+    return builtins.open(path, mode, encoding=encoding)
 
 
 def exists(path) -> bool:

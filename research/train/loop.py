@@ -137,6 +137,7 @@ def train(*, workdir: str, state, step_fn, pipeline, mesh, num_steps: int, log_e
         if value % k:
             raise ValueError(f'{name}={value} is not a multiple of steps_per_dispatch={k}')
     mesh_lib.check_batch_size(pipeline.global_batch, mesh)
+    batch_at = lambda at: mesh_lib.to_global_batch(pipeline.batch(at), mesh)  # global batch `at`
     checkpoints = Checkpointer(os.path.join(workdir, 'checkpoints'), max_to_keep)
     progress = Progress(num_steps)
 
@@ -160,18 +161,15 @@ def train(*, workdir: str, state, step_fn, pipeline, mesh, num_steps: int, log_e
     elif jax.config.jax_disable_jit:  # --debug: op by op, so a debugger can step through it
         if k > 1:
             raise ValueError('--debug runs one step at a time: use steps_per_dispatch=1')
-        step = lambda state, at: step_fn(state, mesh_lib.to_global_batch(pipeline.batch(at),
-                                                                          mesh))
+        step = lambda state, at: step_fn(state, batch_at(at))
         progress.message('jit is disabled: running the train step op by op')
     else:
         t0 = time.perf_counter()
         if k > 1:
             step = FusedSteps(step_fn, pipeline, mesh, k).compile(state, start)
         else:
-            compiled = mesh_lib.jit_step(step_fn, mesh).lower(
-                state, mesh_lib.to_global_batch(pipeline.batch(start), mesh)).compile()
-            step = lambda state, at: compiled(state, mesh_lib.to_global_batch(
-                pipeline.batch(at), mesh))
+            compiled = mesh_lib.jit_step(step_fn, mesh).lower(state, batch_at(start)).compile()
+            step = lambda state, at: compiled(state, batch_at(at))
         progress.message(f'compiled the train step in {time.perf_counter() - t0:.1f} s '
                          f'({mesh.size} device(s), global batch {pipeline.global_batch}'
                          + (f', {k} steps per dispatch' if k > 1 else '') + ')')

@@ -24,10 +24,12 @@ class MetricWriter:
         if not self.enabled:
             return
         files.makedirs(workdir)
-        self._lines = self._drop_records_after(resume_step)
-        # A bucket cannot append: there the file is rewritten whole at each logging step.
-        self._jsonl = None if files.is_url(workdir) else open(self.jsonl_path, 'a',
-                                                                encoding='utf-8')
+        kept = self._drop_records_after(resume_step)
+        # A bucket cannot append: there the file is rewritten whole at each logging step, from
+        # the lines kept in memory; locally it is appended to.
+        remote = files.is_url(workdir)
+        self._lines = kept if remote else None
+        self._jsonl = None if remote else open(self.jsonl_path, 'a', encoding='utf-8')
         # Event files are named by the second they are opened and the host: the suffix keeps a
         # run resumed within the same second from truncating the previous writer's file.
         self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'),
