@@ -96,7 +96,9 @@ def test_recurrent_layers_match_plain_numpy(kind, gates):
         params['recurrent_bias'] = b_h
     params = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), params)
     for unroll in (1, 4):
-        out = RecurrentLayer(kind, hidden, unroll).apply({'params': params}, jnp.asarray(x))
+        out = RecurrentLayer(kind, hidden, unroll).apply({'params': params},
+                                                         jnp.asarray(x.swapaxes(0, 1)))
+        out = jnp.swapaxes(out, 0, 1)  # the layer is time-major
         expected = numpy_rnn(kind, x, w_x, b_x, w_h, b_h if kind == 'gru' else 0.0)
         np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
 
@@ -126,6 +128,25 @@ def test_hand_written_backward_passes_match_autodiff():
     chex.assert_trees_all_close(jax.grad(lambda *a: loss(gru_scan(*a, 1)), (0, 1, 2))(gx3, w3, b_h),
                                 jax.grad(lambda *a: loss(plain_gru(*a)), (0, 1, 2))(gx3, w3, b_h),
                                 rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('kind', ['lstm', 'gru'])
+def test_token_path_equals_embedding_then_layer_with_gradients(kind):
+    """With tokens, the first layer gathers rows of the projected table inside the scan and
+    scatter-adds their gradients: the same function and gradients as embedding then layer."""
+    rng = np.random.default_rng(2)
+    t, b, vocab, d, hidden = 32, 3, 7, 5, 4  # 32 steps: the LSTM backward runs in 2 chunks
+    tokens = jnp.asarray(rng.integers(0, vocab, (t, b)), jnp.int32)
+    table = jnp.asarray(rng.normal(size=(vocab, d)), jnp.float32)
+    layer = RecurrentLayer(kind, hidden)
+    params = layer.init(jax.random.PRNGKey(0), table[tokens])['params']
+    target = jnp.asarray(rng.normal(size=(t, b, hidden)), jnp.float32)
+    loss = lambda out: jnp.sum(jnp.sin(out) * target)
+    via_tokens = lambda p, e: loss(layer.apply({'params': p}, e, tokens))
+    via_rows = lambda p, e: loss(layer.apply({'params': p}, e[tokens]))
+    np.testing.assert_allclose(via_tokens(params, table), via_rows(params, table), rtol=1e-6)
+    chex.assert_trees_all_close(jax.grad(via_tokens, (0, 1))(params, table),
+                                jax.grad(via_rows, (0, 1))(params, table), rtol=1e-5, atol=1e-6)
 
 
 # The step and generation.

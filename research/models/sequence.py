@@ -22,10 +22,14 @@ class CharRNN(nn.Module):
 
     @nn.compact
     def __call__(self, tokens, *, train: bool = False):
-        x = nn.Embed(self.vocab, self.embed)(tokens)
-        x = RNN(self.kind, self.hidden, self.layers, self.dropout, self.unroll)(x, train=train)
+        # The first layer reads the embedding table through the tokens: embedding then LSTM/GRU
+        # without a (B*T, embed) activation or its (B*T, embed) x (embed, G*H) products. The
+        # layers run time-major; only the logits, the smallest array, are transposed back.
+        table = nn.Embed(self.vocab, self.embed).embedding
+        x = RNN(self.kind, self.hidden, self.layers, self.dropout, self.unroll, time_major=True)(
+            table, train=train, tokens=tokens.T)
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        return dense2d(nn.Dense(self.vocab, name='head'), x)
+        return jnp.swapaxes(dense2d(nn.Dense(self.vocab, name='head'), x), 0, 1)
 
 
 def rotary(x, positions):
@@ -131,8 +135,9 @@ class RowLSTMClassifier(nn.Module):
     @nn.compact
     def __call__(self, x, *, train: bool = False):
         rows = x.reshape(*x.shape[:2], -1)
-        hs = RNN(self.kind, self.hidden, self.layers, self.dropout, self.unroll)(rows, train=train)
-        last = nn.Dropout(self.dropout, deterministic=not train)(hs[:, -1])
+        hs = RNN(self.kind, self.hidden, self.layers, self.dropout, self.unroll,
+                 time_major=True)(jnp.swapaxes(rows, 0, 1), train=train)
+        last = nn.Dropout(self.dropout, deterministic=not train)(hs[-1])
         return nn.Dense(self.classes, name='head')(last)
 
 
