@@ -17,13 +17,13 @@ Measured on this project's reference machine (2 CPU cores, jax 0.10.2), wall tim
 command including compilation and evaluations:
   default  Transformer (pre-norm, learned positions, tied embeddings, 0.81M parameters): 4
            layers, 4 heads, width 128, context 64, batch 16, no dropout, AdamW lr 2e-3 (100
-           warm-up steps, cosine to 2e-4, weight decay 0.1, clip 1), 1,200 steps: 3 min 43 s
-           with the cores shared with another job (load ~4.4), validation 1.8225 nats/char =
+           warm-up steps, cosine to 2e-4, weight decay 0.1, clip 1), 1,200 steps: 2 min 00 s
+           on a quiet machine (3 min 43 s with the cores shared), validation 1.8225 nats/char =
            2.629 bits/char (2.153 after 400 steps, 1.927 after 800). The same recipe run to
            2,000 steps reaches 1.687 (8 min 12 s on the loaded machine).
   lstm     2-layer LSTM, hidden 256, embedding 64, context 128, batch 32, no dropout, AdamW lr
-           3e-3, 1,000 steps (0.87M parameters): 5 min 10 s (load 2-4.4), validation 1.6602
-           nats/char = 2.395 bits/char (1.835 after 400 steps, 1.684 after 800).
+           3e-3, 1,000 steps (0.87M parameters): 3 min 46 s on a quiet machine, validation
+           1.6604 nats/char = 2.395 bits/char (1.835 after 400 steps, 1.684 after 800).
 For reference, nanoGPT's baby GPT CPU recipe (4 layers, 4 heads, width 128, context 64, batch 12,
 2,000 iterations, ~70 ms/iteration here) scores 1.90 nats/char on the whole validation split.
 gpt      nanoGPT's 10.7M-parameter recipe (6 layers, 6 heads, width 384, context 256, batch 64,
