@@ -10,7 +10,7 @@ character than PyTorch's fused `nn.LSTM`:
   * the scans carry hand-written backward passes (below) whose reverse loop only propagates dh,
     the recurrent weight gradient being one big matmul afterwards (per time chunk on the token
     path, so that only a chunk of the gate gradients is ever in memory).
-Everything runs time-major, (T, B, ...): `RNN(time_major=True)` avoids the transposes.
+Everything runs time-major, (T, B, ...), so no layer transposes its inputs or outputs.
 On XLA:CPU every call page-faults its temporaries afresh, so memory is time: the layout above
 keeps them small. `unroll` is available but defaults to 1: unrolling measured no faster.
 Gate layouts follow PyTorch (LSTM i, f, g, o; GRU r, z, n with the reset gate applied to the
@@ -70,16 +70,16 @@ def _input_grad(d_gates, tokens, vocab):
     return jax.ops.segment_sum(d_gates.reshape(-1, d_gates.shape[-1]), tokens.reshape(-1), vocab)
 
 
-def _gate_slope(h_dim, dtype):
-    """Per-column constant s of the LSTM gates i, f, g, o: 1 for the sigmoid gates, 2 for g."""
-    return jnp.repeat(jnp.array([1.0, 1.0, 2.0, 1.0], dtype), h_dim)
+def _vocab(inputs, tokens):
+    """The table size the backward pass sums token gradients into (None without tokens)."""
+    return None if tokens is None else int(inputs.shape[0])
 
 
 def lstm_gates(z, h_dim):
     """The activations [sigmoid(i), sigmoid(f), tanh(g), sigmoid(o)] of pre-activations z (B, 4H)
     as ONE elementwise pass over 4H columns (one kernel instead of four and a concatenation):
     tanh(x) = 2 sigmoid(2x) - 1, so every column is sigmoid(s z) s + 1 - s."""
-    s = _gate_slope(h_dim, z.dtype)
+    s = jnp.repeat(jnp.array([1.0, 1.0, 2.0, 1.0], z.dtype), h_dim)  # i, f, g, o
     return jax.nn.sigmoid(z * s) * s + (1.0 - s)
 
 
@@ -87,7 +87,7 @@ def lstm_scan(inputs, w_h, unroll: int = 1, tokens=None):
     """All hidden states (T, B, H) of an LSTM from a zero state. inputs: the gate inputs
     x_t W_x + b (T, B, 4H), or, with tokens (T, B) int, a table (V, 4H) whose row tokens[t, b]
     is the gate input of step t, gathered inside the scan."""
-    return _lstm(inputs, w_h, tokens, int(inputs.shape[0]), unroll)
+    return _lstm(inputs, w_h, tokens, _vocab(inputs, tokens), unroll)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
@@ -118,7 +118,7 @@ def _lstm_backward(vocab, unroll, residuals, d_hs):
     h_dim = w_h.shape[0]
     w_t = w_h.T  # the step's product on a row-major (4H, H) operand: measured ~12% faster
     # d activation / d pre-activation: a (1 - a) for the sigmoid gates, 1 - a^2 for g (tanh).
-    is_sigmoid = (_gate_slope(h_dim, hs.dtype) == 1.0).astype(hs.dtype).reshape(4, h_dim)
+    is_sigmoid = jnp.array([1.0, 1.0, 0.0, 1.0], hs.dtype)[:, None]  # per gate, over (B, 4, H)
 
     def body(carry, xs):
         # c_t is the c_prev of step t + 1, carried (c_last to start): no shifted copy of cs.
@@ -170,7 +170,7 @@ _lstm.defvjp(_lstm_forward, _lstm_backward)
 def gru_scan(inputs, w_h, b_h, unroll: int = 1, tokens=None):
     """All hidden states (T, B, H) of a GRU from a zero state; inputs (T, B, 3H), or a (V, 3H)
     table read through tokens (T, B) as in `lstm_scan`."""
-    return _gru(inputs, w_h, b_h, tokens, int(inputs.shape[0]), unroll)
+    return _gru(inputs, w_h, b_h, tokens, _vocab(inputs, tokens), unroll)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
@@ -264,24 +264,20 @@ class RecurrentLayer(nn.Module):
 
 class RNN(nn.Module):
     """Stacked LSTM/GRU layers with dropout between them (not after the last: the caller decides
-    what follows), as PyTorch's `nn.LSTM(num_layers=L, dropout=p)`. x (B, T, D) -> (B, T, H), or
-    (T, B, D) -> (T, B, H) when `time_major` (the layers' own layout: no transposes). With
-    `tokens` ((B, T) int, or (T, B) when time-major), x is the embedding table of the first
-    layer (see `RecurrentLayer`)."""
+    what follows), as PyTorch's `nn.LSTM(num_layers=L, dropout=p)`. Time-major: x (T, B, D) ->
+    (T, B, H); with `tokens` (T, B) int, x is the embedding table of the first layer (see
+    `RecurrentLayer`)."""
     kind: str = 'lstm'
     hidden: int = 256
     layers: int = 1
     dropout: float = 0.0
     unroll: int = 1
-    time_major: bool = False
 
     @nn.compact
     def __call__(self, x, *, train: bool, tokens=None):
-        if not self.time_major:
-            x, tokens = (x, tokens.T) if tokens is not None else (jnp.swapaxes(x, 0, 1), None)
         for layer in range(self.layers):
             if layer:
                 x = nn.Dropout(self.dropout, deterministic=not train)(x)
             x = RecurrentLayer(self.kind, self.hidden, self.unroll, name=f'layer{layer}')(
                 x, tokens if layer == 0 else None)
-        return x if self.time_major else jnp.swapaxes(x, 0, 1)
+        return x

@@ -26,7 +26,7 @@ class CharRNN(nn.Module):
         # without a (B*T, embed) activation or its (B*T, embed) x (embed, G*H) products. The
         # layers run time-major; only the logits, the smallest array, are transposed back.
         table = nn.Embed(self.vocab, self.embed).embedding
-        x = RNN(self.kind, self.hidden, self.layers, self.dropout, self.unroll, time_major=True)(
+        x = RNN(self.kind, self.hidden, self.layers, self.dropout, self.unroll)(
             table, train=train, tokens=tokens.T)
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
         return jnp.swapaxes(dense2d(nn.Dense(self.vocab, name='head'), x), 0, 1)
@@ -135,8 +135,8 @@ class RowLSTMClassifier(nn.Module):
     @nn.compact
     def __call__(self, x, *, train: bool = False):
         rows = x.reshape(*x.shape[:2], -1)
-        hs = RNN(self.kind, self.hidden, self.layers, self.dropout, self.unroll,
-                 time_major=True)(jnp.swapaxes(rows, 0, 1), train=train)
+        hs = RNN(self.kind, self.hidden, self.layers, self.dropout, self.unroll)(
+            jnp.swapaxes(rows, 0, 1), train=train)  # time-major
         last = nn.Dropout(self.dropout, deterministic=not train)(hs[-1])
         return nn.Dense(self.classes, name='head')(last)
 
