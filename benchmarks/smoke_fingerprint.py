@@ -108,10 +108,11 @@ def fingerprint(workdir: str) -> dict:
 
 
 def record(cases, out: str, devices: int = 1) -> None:
+    if devices > 1:  # the mesh, the sharded evaluators and the gradient all-reduce in play;
+        # here too, before jax is imported: a checkpoint restores onto the devices it was saved on
+        os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                                   f' --xla_force_host_platform_device_count={devices}')
     environment = dict(os.environ)
-    if devices > 1:  # the mesh, the sharded evaluators and the gradient all-reduce in play
-        environment['XLA_FLAGS'] = (environment.get('XLA_FLAGS', '') +
-                                    f' --xla_force_host_platform_device_count={devices}')
     results = {}
     for name in cases:
         module, preset, overrides = CASES[name]

@@ -49,11 +49,11 @@ step also returns the reconstruction error, the batch mean of sum over pixels of
 charlstm: nn.Embedding(65, 64) -> nn.LSTM(64, 256, 1 layer, batch_first) -> nn.Linear(256, 65)
 on a fixed random batch of (B, 129) character ids: inputs the first 128, targets the last 128,
 mean cross-entropy, Adam lr 2e-3 (torch's fused MKL-DNN LSTM kernel does the recurrence).
-Compare with `python -m research.bench charlstm --batch 64`; examples are 128-char windows.
+Compare with `python -m benchmarks.bench charlstm --batch 64`; examples are 128-char windows.
 
 transformer: nanoGPT's baby GPT for CPU (4 layers, 4 heads, width 128, context 64, pre-norm,
 learned positions, tied embeddings, GELU MLP, scaled_dot_product_attention, no dropout), AdamW
-lr 1e-3 betas (0.9, 0.99); run with --batch 12 to match `python -m research.bench transformer`.
+lr 1e-3 betas (0.9, 0.99); run with --batch 12 to match `python -m benchmarks.bench transformer`.
 
 ``--profile-layers`` (dcgan) additionally prints one JSON line per conv /
 conv-transpose / linear layer with the median forward+backward time of that layer

@@ -42,10 +42,11 @@ from absl import app, logging
 
 from research import data, files
 from research.evals.lm import make_lm_evaluator
-from research.models.sequence import POSITIONS, make_char_model
+from research.models.sequence import make_char_model
+from research.models.transformer import POSITIONS
 from research.objectives.lm import init_lm_state, make_generate, make_lm_optimizer, make_lm_step
 from research.train import loop, mesh as mesh_lib
-from research.train.run_config import define_flags, experiment_main, save_config
+from research.train.cli import define_flags, experiment_main, save_config
 
 PRESETS = ('default', 'lstm', 'gpt', 'smoke')
 KINDS = ('transformer', 'lstm', 'gru')

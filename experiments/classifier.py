@@ -45,7 +45,7 @@ from research.models.classifier import ARCHS, make_classifier
 from research.objectives.classifier import (check_augment, init_classifier_state,
                                             make_classifier_step, make_optimizer)
 from research.train import loop, mesh as mesh_lib
-from research.train.run_config import define_flags, experiment_main, save_config
+from research.train.cli import define_flags, experiment_main, save_config
 
 PRESETS = ('default', 'mlp', 'judge_mnist', 'judge_fashion_mnist', 'cifar10', 'smoke')
 

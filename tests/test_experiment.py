@@ -120,7 +120,7 @@ def test_presets():
 CLI = {
     'unknown_key': ['-m', 'experiments.gan_mnist', '--config.train.nope=1'],
     'type_change': ['-m', 'experiments.gan_mnist', '--config.train.steps=1.5'],
-    'bench': ['-m', 'research.bench', 'mlpgan', '--batch', '8', '--steps', '2', '--repeats', '1',
+    'bench': ['-m', 'benchmarks.bench', 'mlpgan', '--batch', '8', '--steps', '2', '--repeats', '1',
               '--warmup', '1'],
 }
 

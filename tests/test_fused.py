@@ -51,7 +51,7 @@ def test_intervals_must_be_multiples_of_k(tmp_path):
 
 
 def test_bench_scale_reports_both_rates():
-    from research import bench_scale
+    from benchmarks import bench_scale
     fused = bench_scale.fused('vae', batch=16, k=2, steps=2, repeats=1)
     assert fused['k'] == 2 and fused['single_examples_per_s'] > 0
     assert fused['speedup'] == pytest.approx(

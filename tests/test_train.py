@@ -29,7 +29,7 @@ from research.train.checkpoint import Checkpointer
 from research.train.images import image_grid, save_png
 from research.train.loop import Hook, NonFiniteLossError, train
 from research.train.metrics import MetricWriter, Progress, format_duration
-from research.train.run_config import save_config
+from research.train.cli import save_config
 
 BATCH = 16
 METRIC_KEYS = {'d_loss', 'g_loss', 'd_real_logit', 'd_fake_logit', 'examples_per_s'}

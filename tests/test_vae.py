@@ -22,7 +22,8 @@ from research import data
 from research.data import datasets
 from research.data.datasets import DatasetUnavailableError, Split
 from research.evals import likelihood as likelihood_eval
-from research.evals.likelihood import DatasetEvaluator, evaluate_vae, importance_sampled_log_px
+from research.evals.evaluator import DatasetEvaluator
+from research.evals.likelihood import evaluate_vae, importance_sampled_log_px
 from research.evals.vae_pictures import VAEPictures, pick
 from research.models.vae import ConvDecoder, make_vae
 from research.objectives import likelihoods

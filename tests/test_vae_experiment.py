@@ -88,7 +88,7 @@ VARIANT = SMOKE + ['--config.train.steps=2', '--config.eval.k=4', '--config.eval
 COMMANDS = {
     'variant': VARIANT,
     'bad_arch': SMOKE + ['--config.model.arch=nope'],
-    'bench': ['-m', 'research.bench', 'vae', '--batch', '16', '--steps', '2', '--repeats', '1',
+    'bench': ['-m', 'benchmarks.bench', 'vae', '--batch', '16', '--steps', '2', '--repeats', '1',
               '--warmup', '1'],
 }
 FASHION_TEST_N = 64

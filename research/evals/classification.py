@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from research import files
-from research.evals.likelihood import DatasetEvaluator
+from research.evals.evaluator import DatasetEvaluator
 from research.objectives.classifier import make_predict_fn
 
 

@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from research.evals.likelihood import DatasetEvaluator
+from research.evals.evaluator import DatasetEvaluator
 from research.models.classifier import JudgeCNN
 from research.objectives.classifier import images_to_float
 from research.train import mesh as mesh_lib

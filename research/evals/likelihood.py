@@ -4,11 +4,9 @@
     as large as wanted (5,000 is the standard for MNIST VAEs, Burda et al. 2016) in chunks of
     `chunk` samples whose log-sum-exp is accumulated on the fly, so memory stays bounded by one
     chunk. Its expectation is a lower bound on log p(x) that tightens as k grows.
-  * `DatasetEvaluator`: runs a per-example function over every example of a dataset in batches
-    (the last one padded and the padding dropped), so means are over examples, never means of
-    per-batch means, and a test set of any size is handled exactly.
   * `vae_elbo_fn` / `vae_log_px_fn`: the per-example functions for a VAE, and
-    `make_vae_evaluator` that runs both over a dataset.
+    `make_vae_evaluator` that runs both over a whole dataset with `DatasetEvaluator`
+    (research/evals/evaluator.py): every example counted exactly once.
 
 Every number is in nats per example; `summarize` adds the standard error and bits per dimension.
 """
@@ -18,9 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from research.evals.evaluator import DatasetEvaluator
 from research.objectives import likelihoods
 from research.objectives import vae as vae_lib
-from research.train import mesh as mesh_lib
 
 
 def importance_sampled_log_px(log_weights_fn, key, k: int, chunk: int):
@@ -43,34 +41,6 @@ def importance_sampled_log_px(log_weights_fn, key, k: int, chunk: int):
     init = (top, jnp.sum(jnp.exp(first - top), axis=0))
     top, total = jax.lax.fori_loop(1, k // chunk, body, init)
     return top + jnp.log(total) - math.log(k)
-
-
-class DatasetEvaluator:
-    """fn(params, images, key) -> (B,) over a whole dataset; returns all N values, in order.
-
-    Batches are split over the mesh's `data` axis; batch b uses fold_in(key, b), so results do not
-    depend on the number of devices. Compiled once (the padded last batch has the same shape).
-    """
-
-    def __init__(self, fn, batch_size: int, mesh):
-        mesh_lib.check_batch_size(batch_size, mesh)
-        self.batch_size, self._sharding = batch_size, mesh_lib.batch_sharded(mesh)
-        self._fn = jax.jit(fn, in_shardings=(mesh_lib.replicated(mesh), self._sharding, None),
-                           out_shardings=self._sharding)
-
-    def __call__(self, params, images: np.ndarray, key) -> np.ndarray:
-        if len(images) == 0:
-            raise ValueError('cannot evaluate on an empty dataset')
-        pending = []
-        for b, start in enumerate(range(0, len(images), self.batch_size)):
-            batch = images[start:start + self.batch_size]
-            valid = len(batch)
-            if valid < self.batch_size:  # pad with copies of the first row; dropped below
-                batch = np.concatenate([batch, np.repeat(batch[:1], self.batch_size - valid, 0)])
-            values = self._fn(params, jax.device_put(batch, self._sharding),
-                              jax.random.fold_in(key, b))
-            pending.append((values, valid))  # dispatch everything before fetching anything
-        return np.concatenate([np.asarray(v)[:valid] for v, valid in pending]).astype(np.float64)
 
 
 def _check_binary(likelihood: str, images):

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from research.data.text import eval_windows
-from research.evals.likelihood import DatasetEvaluator
+from research.evals.evaluator import DatasetEvaluator
 from research.objectives.lm import window_nll_fn
 
 

@@ -1,4 +1,4 @@
-"""The HTML page of `research.report`: matplotlib curves and sample grids inlined as data URIs.
+"""The HTML page of a run report: matplotlib curves and sample grids inlined as data URIs.
 
 One file, no scripts, no external URL: it must render the same offline, attached to an issue or
 years later. Every piece of text from the workdir goes through html.escape (a config value is
@@ -16,7 +16,7 @@ import time
 import numpy as np
 from matplotlib.figure import Figure
 
-from research import report
+from research.report import run as report  # the rows and series the page shows
 
 CSS = """
 body { font: 15px/1.45 system-ui, sans-serif; color: #222; max-width: 1160px;

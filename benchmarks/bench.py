@@ -1,11 +1,11 @@
 """Speed of jitted train steps on random data of the right shape: one JSON line per run.
 
-    python -m research.bench dcgan --batch 128
-    python -m research.bench mlpgan --batch 128 --repeats 7
-    python -m research.bench vae --batch 128      # the MLP VAE (784-512-20, Bernoulli, ELBO)
-    python -m research.bench rbm --batch 128      # one CD-1 step of a 784-500 Bernoulli RBM
-    python -m research.bench charlstm --batch 64  # char LSTM: embed 64, hidden 256, 128 chars
-    python -m research.bench transformer          # nanoGPT's baby GPT, batch 12, context 64
+    python -m benchmarks.bench dcgan --batch 128
+    python -m benchmarks.bench mlpgan --batch 128 --repeats 7
+    python -m benchmarks.bench vae --batch 128      # the MLP VAE (784-512-20, Bernoulli, ELBO)
+    python -m benchmarks.bench rbm --batch 128      # one CD-1 step of a 784-500 Bernoulli RBM
+    python -m benchmarks.bench charlstm --batch 64  # char LSTM: embed 64, hidden 256, 128 chars
+    python -m benchmarks.bench transformer          # nanoGPT's baby GPT, batch 12, context 64
 
 `examples_per_s` is the median over `--repeats` timings of `--steps` consecutive steps, after
 compilation and `--warmup` untimed steps; `compile_s` is lowering plus XLA compilation. The step
@@ -30,7 +30,8 @@ import optax
 
 from research.models.gan import make_gan
 from research.models.rbm import init_rbm
-from research.models.sequence import CharRNN, Transformer
+from research.models.sequence import CharRNN
+from research.models.transformer import Transformer
 from research.models.vae import make_vae
 from research.objectives.gan import init_gan_state, make_gan_step
 from research.objectives.lm import init_lm_state, make_lm_optimizer, make_lm_step

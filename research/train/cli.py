@@ -1,4 +1,8 @@
-"""The run's config in the workdir, so a resumed run says what changed since it started."""
+"""The command line of every experiment: --config, --workdir, --debug, and the absl main.
+
+Also the run's config in the workdir (config.json), so a resumed run says what changed since it
+started.
+"""
 import json
 import os
 import sys

@@ -1,4 +1,5 @@
-"""Sample-quality scores computed from a judge's outputs: plain float64 numpy, no judge, no jax.
+"""The maths of sample quality, from a judge's outputs: plain float64 numpy, no judge, no jax
+(research/evals/score_samples.py runs them on samples, as a library call and as a command).
 
   * `frechet_distance`: the Frechet (2-Wasserstein) distance between two Gaussians fitted to
     feature sets (`feature_stats`), the FID of Heusel et al. 2017 with the judge's penultimate

@@ -1,13 +1,14 @@
 """Scores generated images against real data with a dataset's pinned judge: one JSON line.
 
-    python -m research.evals.score runs/gan_mnist/samples.npz --dataset mnist
-    python -m research.evals.score --floor --dataset mnist --test-dir ../shared/data/mnist-t10k
-    python -m research.evals.score --floor --dataset fashion_mnist
+    python -m research.evals.score_samples runs/gan_mnist/samples.npz --dataset mnist
+    python -m research.evals.score_samples --floor --dataset mnist \
+        --test-dir ../shared/data/mnist-t10k
+    python -m research.evals.score_samples --floor --dataset fashion_mnist
 
 The samples file is an .npz with key `images`: uint8 (N, H, W, C), as the GAN and VAE
 experiments write it. The line holds the Frechet distance (`fid`) and kernel distance (`kid`,
 `kid_std`) between the judge's penultimate features of the samples and of the real reference
-images, and the classifier score of the samples (see research/evals/scores.py).
+images, and the classifier score of the samples (see research/evals/sample_quality.py).
 
 The reference is the real training split by default (`--reference-split train`): the data the
 generative models learn from, and how the GAN literature computes FID. `--floor` scores real
@@ -31,7 +32,8 @@ import numpy as np
 from absl import logging
 
 from research import data
-from research.evals import scores
+from research.evals.sample_quality import (classifier_score, feature_stats, frechet_distance,
+                                           kernel_distance)
 
 KID_SUBSET_SIZE = 1000
 CLASSIFIER_SCORE_SPLITS = 10
@@ -75,14 +77,13 @@ def score_images(images: np.ndarray, dataset: str, *, reference_images: np.ndarr
         raise ValueError(f'images have shape {images.shape[1:]} per image, the {dataset} '
                          f'reference {reference.image_shape}')
     features = judge.features(images)
-    kid, kid_std = scores.kernel_distance(features, reference.features, subsets=kid_subsets,
-                                          subset_size=KID_SUBSET_SIZE)
-    score, score_std = scores.classifier_score(judge.probs(images), CLASSIFIER_SCORE_SPLITS)
+    kid, kid_std = kernel_distance(features, reference.features, subsets=kid_subsets,
+                                   subset_size=KID_SUBSET_SIZE)
+    score, score_std = classifier_score(judge.probs(images), CLASSIFIER_SCORE_SPLITS)
     return {'n': len(images), 'dataset': dataset, 'judge_sha256': judge.sha256,
             'judge_test_accuracy': judge.info['test_accuracy'],
             'reference': reference.description,
-            'fid': scores.frechet_distance(*scores.feature_stats(features), reference.mean,
-                                           reference.cov),
+            'fid': frechet_distance(*feature_stats(features), reference.mean, reference.cov),
             'kid': kid, 'kid_std': kid_std,
             'classifier_score': score, 'classifier_score_std': score_std}
 
@@ -140,7 +141,7 @@ def _reference(judge, dataset: str, split: str, data_dir: str | None) -> '_Refer
 
 def _featurize(judge, images: np.ndarray, description: str) -> _Reference:
     features = judge.features(images)
-    return _Reference(features, images.shape[1:], *scores.feature_stats(features), description)
+    return _Reference(features, images.shape[1:], *feature_stats(features), description)
 
 
 def main(argv=None):

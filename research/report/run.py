@@ -1,25 +1,19 @@
-"""A run's report: one self-contained HTML page and a Markdown summary of its workdir.
+"""What a report says about a run: its workdir read back (`load_run`) and the rows and series
+the page and the Markdown summary both show.
 
-    python -m research.report runs/gan_mnist                  # runs/gan_mnist/report.{html,md}
-    python -m research.report runs/vae_mnist --out /tmp/vae.html     # and /tmp/vae.md
-
-The page embeds everything it shows (matplotlib curves, the sample grids, the config) as data
-URIs and inline CSS, so it opens offline, mailed or attached to an issue, and loads nothing. It
-reads only what the run wrote: config.json, metrics.jsonl, run_info.json (absent in runs older
-than it: the hardware is then "not recorded"), samples/*.png, and other PNG and JSON results
-(a confusion matrix, classification.json). Wall time is summed over the run's starts, each from
+A report reads only what the run wrote: config.json, metrics.jsonl, run_info.json (absent in
+runs older than it: the hardware is then "not recorded"), samples/*.png, and other PNG and JSON
+results (a confusion matrix, classification.json). Wall time is summed over the run's starts, each from
 the loop's start (compilation included) to its last metrics record: a resume drops the records
 after its checkpoint, so steps it redid count once; loading data before the loop and end hooks
 that log nothing (the GAN's sample export) are not counted.
 """
-import argparse
 import dataclasses
 import json
 import os
 import re
 import shlex
 import statistics
-import time
 
 from research.train.metrics import format_duration
 from research.train.run_info import FILENAME as RUN_INFO, read_run_info
@@ -200,67 +194,3 @@ def pick_evenly(items: list, n: int = TIMELINE_LENGTH) -> list:
     if len(items) <= n:
         return list(items)
     return [items[round(i * (len(items) - 1) / (n - 1))] for i in range(n)]
-
-
-def _md_table(header: tuple, rows: list) -> list[str]:
-    cell = lambda text: str(text).replace('|', '\\|').replace('\n', ' ')
-    return ([f'| {" | ".join(header)} |', '|' + '---|' * len(header)]
-            + [f'| {" | ".join(cell(c) for c in row)} |' for row in rows])
-
-
-def markdown(run: Run, md_dir: str) -> str:
-    """The summary, final metrics, hardware and links to the PNGs, relative to `md_dir`."""
-    link = lambda path: os.path.relpath(path, md_dir).replace(os.sep, '/')
-    train, evaluation = split_series(run.records)
-    lines = [f'# Run report: {run.name}', '', f'`{os.path.abspath(run.workdir)}`, generated '
-             f'{time.strftime("%Y-%m-%d %H:%M:%S %Z")}', '', '## Summary', '']
-    lines += _md_table(('', ''), summary_rows(run))
-    lines += ['', '## Final metrics', '']
-    lines += _md_table(('metric', 'step', 'value'), final_rows(evaluation) + final_rows(train))
-    lines += ['', '## Hardware', '']
-    hardware = hardware_rows(run.starts)
-    lines += _md_table(('', ''), hardware) if hardware else [
-        f'not recorded ({RUN_INFO} is absent: the run predates it)']
-    lines += ['', '## Samples', '']
-    for series, items in run.timelines.items():
-        lines.append(f'- {series}: ' + ', '.join(f'[step {step}]({link(path)})'
-                                                  for step, path in items))
-    lines += [f'- [{os.path.basename(p)}]({link(p)})' for p in run.images]
-    for series, items in run.timelines.items():
-        step, path = items[-1]
-        lines += ['', f'![{series}, step {step}]({link(path)})']
-    return '\n'.join(lines) + '\n'
-
-
-def write_report(workdir: str, out: str | None = None) -> tuple[str, str]:
-    """Writes the HTML page (default WORKDIR/report.html) and the Markdown beside it."""
-    from research import report_html  # here, not on top: report_html imports this module
-    run = load_run(workdir)
-    html_path = out or os.path.join(workdir, 'report.html')
-    md_path = os.path.splitext(html_path)[0] + '.md'
-    if md_path == html_path:
-        raise ValueError(f'--out {out} ends in .md, where the Markdown summary goes; name the '
-                         'HTML file (e.g. report.html)')
-    os.makedirs(os.path.dirname(os.path.abspath(html_path)), exist_ok=True)
-    with open(html_path, 'w', encoding='utf-8') as f:
-        f.write(report_html.render(run))
-    with open(md_path, 'w', encoding='utf-8') as f:
-        f.write(markdown(run, os.path.dirname(os.path.abspath(md_path))))
-    return html_path, md_path
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('workdir', help='a run directory (holding metrics.jsonl)')
-    parser.add_argument('--out', help='HTML path (default WORKDIR/report.html); the Markdown '
-                                      'summary goes beside it with the suffix .md')
-    args = parser.parse_args(argv)
-    try:
-        html_path, md_path = write_report(args.workdir, args.out)
-    except (OSError, ValueError) as e:
-        raise SystemExit(f'FATAL {e}') from None
-    print(f'wrote {html_path} and {md_path}')
-
-
-if __name__ == '__main__':
-    main()

@@ -1,7 +1,7 @@
 """Throughput of the scaling options, each against what it replaces, in one process:
 
-    python -m research.bench_scale fused mlpgan --batch 32 --k 10    # K steps per dispatch
-    python -m research.bench_scale population mlpgan --members 8     # N members in one program
+    python -m benchmarks.bench_scale fused mlpgan --batch 32 --k 10    # K steps per dispatch
+    python -m benchmarks.bench_scale population mlpgan --members 8     # N members in one program
 
 `fused` times the loop's two ways of feeding a step from a `BatchPipeline` over 10,000 random
 images: one step per call (numpy batch, host-to-device copy, dispatch) and K steps per call
@@ -18,14 +18,14 @@ import time
 import jax
 import numpy as np
 
-from research.bench import gan_parts, vae_parts
+from benchmarks.bench import gan_parts, vae_parts
 from research.data import BatchPipeline
 from research.train import mesh as mesh_lib, population
 from research.train.fused import FusedSteps
 
 
 def setup(model: str):
-    """(init(key) -> state, step) as `research.bench` builds them."""
+    """(init(key) -> state, step) as `benchmarks.bench` builds them."""
     return gan_parts('mlp') if model == 'mlpgan' else vae_parts('mlp')
 
 

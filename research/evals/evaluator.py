@@ -1,0 +1,40 @@
+"""A per-example function over a whole dataset, each example counted exactly once.
+
+`DatasetEvaluator` runs fn(params, examples, key) -> (B,) over every example in batches, the last
+one padded and the padding dropped, so a mean over its output is over examples, never a mean of
+per-batch means, and a test set of any size is handled exactly. Every whole-split number here
+goes through it: the VAE's ELBO and IS-NLL, classifier predictions, the judges' features and
+probabilities, and the language models' nats per character.
+"""
+import jax
+import numpy as np
+
+from research.train import mesh as mesh_lib
+
+
+class DatasetEvaluator:
+    """fn(params, images, key) -> (B,) over a whole dataset; returns all N values, in order.
+
+    Batches are split over the mesh's `data` axis; batch b uses fold_in(key, b), so results do not
+    depend on the number of devices. Compiled once (the padded last batch has the same shape).
+    """
+
+    def __init__(self, fn, batch_size: int, mesh):
+        mesh_lib.check_batch_size(batch_size, mesh)
+        self.batch_size, self._sharding = batch_size, mesh_lib.batch_sharded(mesh)
+        self._fn = jax.jit(fn, in_shardings=(mesh_lib.replicated(mesh), self._sharding, None),
+                           out_shardings=self._sharding)
+
+    def __call__(self, params, images: np.ndarray, key) -> np.ndarray:
+        if len(images) == 0:
+            raise ValueError('cannot evaluate on an empty dataset')
+        pending = []
+        for b, start in enumerate(range(0, len(images), self.batch_size)):
+            batch = images[start:start + self.batch_size]
+            valid = len(batch)
+            if valid < self.batch_size:  # pad with copies of the first row; dropped below
+                batch = np.concatenate([batch, np.repeat(batch[:1], self.batch_size - valid, 0)])
+            values = self._fn(params, jax.device_put(batch, self._sharding),
+                              jax.random.fold_in(key, b))
+            pending.append((values, valid))  # dispatch everything before fetching anything
+        return np.concatenate([np.asarray(v)[:valid] for v, valid in pending]).astype(np.float64)
