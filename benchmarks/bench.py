@@ -33,8 +33,9 @@ from research.models.rbm import init_rbm
 from research.models.sequence import CharRNN
 from research.models.transformer import Transformer
 from research.models.vae import make_vae
-from research.objectives.gan import init_gan_state, make_gan_step
-from research.objectives.lm import init_lm_state, make_lm_optimizer, make_lm_step
+from research.objectives.gan import LOSSES, init_gan_state, make_gan_step
+from research.objectives.lm import init_lm_state, make_lm_step
+from research.objectives.optim import adamw
 from research.objectives.rbm import init_rbm_state, make_cd_step
 from research.objectives.vae import init_vae_state, make_vae_step
 
@@ -46,7 +47,7 @@ def gan_parts(arch: str):
     generator, discriminator = make_gan(arch)
     tx = optax.adam(2e-4, b1=0.5, b2=0.999)
     init = lambda key: init_gan_state(key, generator, discriminator, tx, tx, Z_DIM, (28, 28, 1))
-    return init, make_gan_step(generator, discriminator, tx, tx, loss='non_saturating',
+    return init, make_gan_step(generator, discriminator, tx, tx, loss=LOSSES['non_saturating'],
                                z_dim=Z_DIM)
 
 
@@ -90,7 +91,8 @@ def charlstm_setup(batch: int):
 
 def transformer_setup(batch: int):
     model = Transformer(65, layers=4, heads=4, width=128, context=64, dropout=0.0)
-    return lm_setup(model, make_lm_optimizer(1e-3, 5000, warmup_steps=100), batch, 64)
+    return lm_setup(model, adamw(1e-3, 5000, warmup_steps=100, final_lr=1e-4, b2=0.99,
+                                   decay='matrices', clip=1.0), batch, 64)
 
 
 def random_batch(batch: int) -> dict:

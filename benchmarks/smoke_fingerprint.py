@@ -33,8 +33,10 @@ CASES = {
     'gan': ('gan_mnist', 'smoke', []),
     'gan_mlp_hinge': ('gan_mnist', 'smoke', ['--config.model.arch=mlp',
                                              '--config.loss.kind=hinge']),
+    # Before the restructure of issue 13 this case was --config.loss.kind=wgan_gp.
     'gan_mlp_wgan_gp': ('gan_mnist', 'smoke', ['--config.model.arch=mlp',
-                                               '--config.loss.kind=wgan_gp']),
+                                               '--config.loss.kind=wasserstein',
+                                               '--config.loss.penalty=gp']),
     'gan_population': ('gan_mnist', 'smoke', ['--config.model.arch=mlp', '--config.population=2',
                                               '--config.population_lr=(1e-4, 3e-4)']),
     'gan_fused': ('gan_mnist', 'smoke', ['--config.model.arch=mlp',

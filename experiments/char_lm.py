@@ -30,6 +30,7 @@ gpt      nanoGPT's 10.7M-parameter recipe (6 layers, 6 heads, width 384, context
          dropout 0.2, lr 1e-3, 5,000 steps) meant to reach <= 1.47 nats/char (nanoGPT: 1.4697 in
          about 3 minutes on one A100). Not measured here: no GPU on the reference machine.
 """
+import json
 import math
 import os
 import sys
@@ -44,7 +45,8 @@ from research import data, files
 from research.evals.lm import make_lm_evaluator
 from research.models.sequence import make_char_model
 from research.models.transformer import POSITIONS
-from research.objectives.lm import init_lm_state, make_generate, make_lm_optimizer, make_lm_step
+from research.objectives.lm import init_lm_state, make_generate, make_lm_step
+from research.objectives.optim import adamw
 from research.train import loop, mesh as mesh_lib
 from research.train.cli import define_flags, experiment_main, save_config
 
@@ -109,8 +111,15 @@ def run(config: ml_collections.ConfigDict, workdir: str):
     if any(c not in vocab.chars for c in config.sample.prompt):
         raise ValueError(f'sample.prompt {config.sample.prompt!r} has characters outside the '
                          'corpus vocabulary')
-    data.check_vocab(workdir, vocab, text, source)  # before config.json: a refused resume
-    save_config(config, workdir)                    # leaves the workdir as it was
+    vocab_path, record = os.path.join(workdir, 'vocab.json'), data.vocab_record(vocab, text, source)
+    if files.exists(vocab_path):  # before config.json: a refused resume leaves the workdir as is
+        with files.open(vocab_path) as f:
+            data.check_vocab(json.load(f), record, vocab_path)
+    elif jax.process_index() == 0:
+        files.makedirs(workdir)
+        with files.open(vocab_path, 'w') as f:
+            json.dump(record, f, indent=2)
+    save_config(config, workdir)
     train, validation = data.split_tokens(vocab.encode(text))
     logging.info('corpus: %s, %d chars, %d symbols; train %d, validation %d', source, len(text),
                  len(vocab), len(train), len(validation))
@@ -122,8 +131,8 @@ def run(config: ml_collections.ConfigDict, workdir: str):
     model = make_char_model(m.kind, len(vocab), embed=m.embed, hidden=m.hidden, layers=m.layers,
                             heads=m.heads, width=m.width, context=seq_len, dropout=m.dropout,
                             positions=m.positions, tie_weights=m.tie_weights, unroll=m.unroll)
-    tx = make_lm_optimizer(o.lr, steps, warmup_steps=o.warmup_steps,
-                           weight_decay=o.weight_decay, b2=o.b2, clip=o.clip)
+    tx = adamw(o.lr, steps, warmup_steps=o.warmup_steps, final_lr=o.lr / 10, b2=o.b2,
+               weight_decay=o.weight_decay, decay='matrices', clip=o.clip)
     state = jax.jit(lambda key: init_lm_state(key, model, tx, seq_len))(
         jax.random.PRNGKey(config.seed))
     n_params = sum(x.size for x in jax.tree.leaves(state.params))

@@ -43,7 +43,8 @@ from research import data, files
 from research.evals import classification, judge
 from research.models.classifier import ARCHS, make_classifier
 from research.objectives.classifier import (check_augment, init_classifier_state,
-                                            make_classifier_step, make_optimizer)
+                                            make_classifier_step)
+from research.objectives.optim import adamw
 from research.train import loop, mesh as mesh_lib
 from research.train.cli import define_flags, experiment_main, save_config
 
@@ -99,9 +100,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f'unknown classifier architecture {config.model.arch!r}; known: '
                          f'{", ".join(ARCHS)}')
     check_augment(config.train.augment)
-    if config.data.name not in data.KNOWN_DATASETS:
+    if config.data.name not in data.DATASETS:
         raise ValueError(f'unknown dataset {config.data.name!r}; known: '
-                         f'{", ".join(data.KNOWN_DATASETS)}')
+                         f'{", ".join(data.DATASETS)}')
     if config.export_judge and config.model.arch != 'judge':
         raise ValueError(f'export_judge needs model.arch=judge (the judges are JudgeCNNs), got '
                          f'{config.model.arch!r}')
@@ -122,12 +123,13 @@ def run(config: ml_collections.ConfigDict, workdir: str):
 
     m, o = config.model, config.optim
     model = make_classifier(m.arch, hidden=m.hidden, dropout=m.dropout)
-    tx = make_optimizer(o.lr, o.weight_decay, config.train.steps, o.warmup_steps)
+    tx = adamw(o.lr, config.train.steps, warmup_steps=o.warmup_steps,
+               weight_decay=o.weight_decay)
     state = jax.jit(lambda key: init_classifier_state(key, model, tx, train.images.shape[1:]))(
         jax.random.PRNGKey(config.seed))
     step = make_classifier_step(model, tx, augment=config.train.augment)
     predict = classification.make_classifier_evaluator(model, config.eval.batch_size, mesh)
-    class_names = data.CLASS_NAMES[d.name]
+    class_names = data.DATASETS[d.name].class_names
 
     def evaluate(step, state):
         if step == config.train.steps:

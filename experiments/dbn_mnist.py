@@ -54,8 +54,8 @@ from research.evals import ais, classification
 from research.evals.rbm_pictures import filter_grid, pixel_grid
 from research.models import dbn as dbn_lib, rbm as rbm_lib
 from research.models.classifier import make_classifier
-from research.objectives.classifier import (init_classifier_state, make_classifier_step,
-                                            make_optimizer)
+from research.objectives.classifier import init_classifier_state, make_classifier_step
+from research.objectives.optim import adamw
 from research.objectives.dbn import make_layer_step, pixels
 from research.objectives.rbm import init_rbm_state, monitors
 from research.train import loop, mesh as mesh_lib
@@ -242,7 +242,7 @@ def finetune(config, workdir, layers, train, test, name, mesh) -> dict:
     """Backprop through the sigmoid MLP the DBN's recognition weights define (or a random one)."""
     f = config.finetune
     model = make_classifier('mlp', hidden=config.dbn.hidden, activation='sigmoid')
-    tx = make_optimizer(f.lr, f.weight_decay, f.steps, f.warmup_steps)
+    tx = adamw(f.lr, f.steps, warmup_steps=f.warmup_steps, weight_decay=f.weight_decay)
     state = jax.jit(lambda key: init_classifier_state(key, model, tx, train.images.shape[1:]))(
         jax.random.PRNGKey(config.seed + 2))
     if f.init == 'dbn':

@@ -28,7 +28,8 @@ from absl import app, logging
 from research import data, files
 from research.evals.score_samples import score_metrics
 from research.models.gan import make_gan
-from research.objectives.gan import init_gan_state, make_gan_step, make_sampler
+from research.objectives.gan import (LOSSES, PENALTIES, init_gan_state, lookup, make_gan_step,
+                                     make_sampler)
 from research.train import loop, mesh as mesh_lib, population
 from research.train.images import image_grid, save_png
 from research.train.cli import define_flags, experiment_main, save_config
@@ -44,7 +45,10 @@ def get_config(preset: str = 'default') -> ml_collections.ConfigDict:
     c.seed = 0
     c.data = dict(name='mnist', data_dir='')  # '' = first source that has it (see research.data)
     c.model = dict(arch='dcgan', z_dim=100)
-    c.loss = dict(kind='non_saturating', gp_weight=10.0)  # or 'hinge', 'wgan_gp'
+    # research/objectives/gan.py: LOSSES (non_saturating, hinge, wasserstein), PENALTIES (none,
+    # gp, r1); WGAN-GP is kind=wasserstein, penalty=gp (and critic_steps=5 in the paper).
+    c.loss = dict(kind='non_saturating', penalty='none', penalty_weight=10.0, penalty_every=1,
+                  critic_steps=1)
     c.optim = dict(lr_g=2e-4, lr_d=2e-4, b1=0.5, b2=0.999)
     c.population = 1  # N > 1: N members (seeds seed..seed+N-1) in one program, vmapped
     c.population_lr = ()  # optionally one learning rate (G and D) per member
@@ -92,9 +96,12 @@ def run(config: ml_collections.ConfigDict, workdir: str):
     tx_g, tx_d = adam(config.optim.lr_g), adam(config.optim.lr_d)
     init = lambda key: init_gan_state(key, generator, discriminator, tx_g, tx_d,
                                       config.model.z_dim, image_shape)
-    step = make_gan_step(generator, discriminator, tx_g, tx_d, loss=config.loss.kind,
-                         z_dim=config.model.z_dim, gp_weight=config.loss.gp_weight,
-                         ema_decay=config.ema_decay)
+    l = config.loss
+    step = make_gan_step(generator, discriminator, tx_g, tx_d,
+                         loss=lookup(LOSSES, l.kind, 'GAN loss'), z_dim=config.model.z_dim,
+                         penalty=lookup(PENALTIES, l.penalty, 'GAN penalty'),
+                         penalty_weight=l.penalty_weight, penalty_every=l.penalty_every,
+                         critic_steps=l.critic_steps, ema_decay=config.ema_decay)
     n = config.population
     if n == 1:
         state = jax.jit(init)(jax.random.PRNGKey(config.seed))  # op by op it takes seconds

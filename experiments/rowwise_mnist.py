@@ -25,8 +25,8 @@ from absl import app, logging
 from research import data, files
 from research.evals import classification
 from research.models.sequence import RNN_KINDS, RowLSTMClassifier
-from research.objectives.classifier import (init_classifier_state, make_classifier_step,
-                                            make_optimizer)
+from research.objectives.classifier import init_classifier_state, make_classifier_step
+from research.objectives.optim import adamw
 from research.train import loop, mesh as mesh_lib
 from research.train.cli import define_flags, experiment_main, save_config
 
@@ -76,11 +76,11 @@ def run(config: ml_collections.ConfigDict, workdir: str):
                                   config.train.batch_size, config.seed)
     m, o, steps = config.model, config.optim, config.train.steps
     model = RowLSTMClassifier(m.hidden, m.layers, m.dropout, kind=m.kind)
-    tx = make_optimizer(o.lr, o.weight_decay, steps, o.warmup_steps)
+    tx = adamw(o.lr, steps, warmup_steps=o.warmup_steps, weight_decay=o.weight_decay)
     state = jax.jit(lambda key: init_classifier_state(key, model, tx, train.images.shape[1:]))(
         jax.random.PRNGKey(config.seed))
     predict = classification.make_classifier_evaluator(model, config.eval.batch_size, mesh)
-    class_names = data.CLASS_NAMES[d.name]
+    class_names = data.DATASETS[d.name].class_names
 
     def evaluate(step, state):
         if step == steps:

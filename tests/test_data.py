@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from research.data import datasets
+from research.data import datasets, tfds_probe
 from research.data.datasets import DatasetUnavailableError, load, tfds_usable
 from research.data.idx import IdxError, read_idx, write_idx
 from research.data.pipeline import BatchPipeline
@@ -22,7 +22,7 @@ DEBIAN_FASHION = Path('/usr/share/datasets/fashion-mnist')
 @pytest.fixture(autouse=True)
 def no_named_dirs(monkeypatch):
     # Tests decide for themselves which directories are named.
-    for name in datasets.KNOWN_DATASETS:
+    for name in datasets.DATASETS:
         monkeypatch.delenv(datasets.env_var(name), raising=False)
 
 
@@ -178,15 +178,15 @@ def test_nothing_available_lists_sources_and_the_fix(monkeypatch):
 def test_tfds_check_without_network_is_fast(monkeypatch, tmp_path):
     # Pretend TF is installed so the check reaches the prepared-data and
     # network probes; either way it must decide within seconds.
-    real_find_spec = datasets.importlib.util.find_spec
-    monkeypatch.setattr(datasets.importlib.util, 'find_spec',
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, 'find_spec',
                         lambda n: object() if n == 'tensorflow'
                         else real_find_spec(n))
     monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path))
     (tmp_path / 'mnist' / '3.0.1').mkdir(parents=True)
     (tmp_path / 'mnist' / '3.0.1' / 'dataset_info.json').write_text('{}')
     assert tfds_usable('mnist') == (True, f'already prepared in {tmp_path}')
-    monkeypatch.setattr(datasets, '_TFDS_CONNECT_TIMEOUT_S', 0.5)
+    monkeypatch.setattr(tfds_probe, 'TFDS_CONNECT_TIMEOUT_S', 0.5)
     start = time.monotonic()
     ok, why = tfds_usable('fashion_mnist')
     assert time.monotonic() - start < 5

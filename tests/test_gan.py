@@ -10,8 +10,8 @@ import pytest
 from conftest import IMAGE_SHAPE, Z_DIM, build_gan, random_images
 from research.models.gan import (DCGANDiscriminator, DCGANGenerator, MLPDiscriminator,
                                  MLPGenerator, make_gan)
-from research.objectives.gan import (LOSSES, discriminator_loss, generator_loss, gradient_penalty,
-                                     make_gan_step, make_sampler)
+from research.objectives.gan import (LOSSES, PENALTIES, gradient_penalty, lookup,
+                                     make_gan_step, make_sampler, r1_penalty)
 
 # Networks.
 
@@ -83,36 +83,45 @@ def softplus(x):
     # D: mean(relu(1 - r)) + mean(relu(1 + f)) = mean(1, 0) + mean(1, 0); G: -mean(f).
     ('hinge', 1.0, 0.5),
     # D: mean(f) - mean(r) = -0.5 - 1; G: -mean(f).
-    ('wgan_gp', -1.5, 0.5),
+    ('wasserstein', -1.5, 0.5),
 ])
 def test_losses_on_hand_checked_values(loss, d_expected, g_expected):
-    assert float(discriminator_loss(loss, REAL, FAKE)) == pytest.approx(d_expected, rel=1e-6)
-    assert float(generator_loss(loss, FAKE)) == pytest.approx(g_expected, rel=1e-6)
+    assert float(LOSSES[loss].discriminator(REAL, FAKE)) == pytest.approx(d_expected, rel=1e-6)
+    assert float(LOSSES[loss].generator(FAKE)) == pytest.approx(g_expected, rel=1e-6)
 
 
 def test_non_saturating_loss_does_not_overflow():
     # Confident logits: a naive log(sigmoid(x)) gives log(0) = -inf here.
-    d = discriminator_loss('non_saturating', jnp.array([-200.0]), jnp.array([200.0]))
-    g = generator_loss('non_saturating', jnp.array([-200.0]))
+    d = LOSSES['non_saturating'].discriminator(jnp.array([-200.0]), jnp.array([200.0]))
+    g = LOSSES['non_saturating'].generator(jnp.array([-200.0]))
     assert float(d) == pytest.approx(400.0) and float(g) == pytest.approx(200.0)
 
 
-def test_unknown_loss_lists_known_ones():
-    known = 'known losses: non_saturating, hinge, wgan_gp'
-    with pytest.raises(ValueError, match=f"unknown GAN loss 'wgan'; {known}"):
-        discriminator_loss('wgan', REAL, FAKE)
-    with pytest.raises(ValueError, match=f"unknown GAN loss 'wgan'; {known}"):
-        generator_loss('wgan', FAKE)
+def test_unknown_names_list_the_known_ones():
+    with pytest.raises(ValueError, match="unknown GAN loss 'wgan'; known: non_saturating, "
+                                         'hinge, wasserstein'):
+        lookup(LOSSES, 'wgan', 'GAN loss')
+    with pytest.raises(ValueError, match="unknown GAN penalty 'gp2'; known: none, gp, r1"):
+        lookup(PENALTIES, 'gp2', 'GAN penalty')
     g, d = make_gan('mlp')
-    with pytest.raises(ValueError, match=known):
-        make_gan_step(g, d, None, None, loss='lsgan', z_dim=Z_DIM)
+    with pytest.raises(ValueError, match="loss must be a GANLoss"):
+        make_gan_step(g, d, None, None, loss='hinge', z_dim=Z_DIM)
 
 
 @pytest.mark.parametrize('decay', [-0.1, 1.0])
 def test_step_rejects_bad_ema_decay(decay):
     g, d = make_gan('mlp')
     with pytest.raises(ValueError, match=f'ema_decay must be in \\[0, 1\\), got {decay}'):
-        make_gan_step(g, d, None, None, loss='hinge', z_dim=Z_DIM, ema_decay=decay)
+        make_gan_step(g, d, None, None, loss=LOSSES['hinge'], z_dim=Z_DIM, ema_decay=decay)
+
+
+@pytest.mark.parametrize('option, value', [('critic_steps', 0), ('penalty_every', 0),
+                                           ('critic_steps', 1.5), ('penalty_weight', -1.0)])
+def test_step_rejects_bad_schedules(option, value):
+    g, d = make_gan('mlp')
+    with pytest.raises(ValueError, match=f'{option} must be'):
+        make_gan_step(g, d, None, None, loss=LOSSES['hinge'], z_dim=Z_DIM,
+                      penalty=gradient_penalty, **{option: value})
 
 
 # Gradient penalty.
@@ -143,16 +152,34 @@ def test_gradient_penalty_is_a_mean_of_per_example_norms():
     assert float(gp) == pytest.approx(np.mean((norms - 1) ** 2), abs=1e-5)
 
 
+def test_r1_penalty_is_half_the_mean_squared_gradient_norm_at_real_images():
+    # D(x) = |x|^2 / 2 has gradient x: R1 = mean(|x_i|^2) / 2 over the real images only (the
+    # fakes, far away, must not count).
+    norms = np.array([0.0, 1.0, 2.0, 4.0], np.float32)
+    real = np.zeros((4, 3, 2, 1), np.float32)
+    real[:, 0, 0, 0] = norms
+    d_fn = lambda x: 0.5 * jnp.sum(x ** 2, axis=(1, 2, 3))
+    r1 = r1_penalty(d_fn, real, real + 100.0, jax.random.PRNGKey(0))
+    assert float(r1) == pytest.approx(np.mean(norms ** 2) / 2, rel=1e-6)  # 21 / 8
+
+
 # The train step, with the MLP GAN (compiles in about a second; the DCGAN takes eight).
 
 BATCH = 8
 EMA_DECAY = 0.9
 
 
-@pytest.fixture(scope='module', params=LOSSES)
+VARIANTS = {'non_saturating': ('non_saturating', {}), 'hinge': ('hinge', {}),
+            'wgan_gp': ('wasserstein', {'penalty': gradient_penalty}),
+            'r1_lazy_two_critics': ('non_saturating', {'penalty': r1_penalty, 'penalty_every': 2,
+                                                       'critic_steps': 2})}
+
+
+@pytest.fixture(scope='module', params=VARIANTS)
 def three_steps(request):
     """Three jitted, donated steps of each loss; the step function may trace only once."""
-    gan = build_gan('mlp', request.param, ema_decay=EMA_DECAY)
+    loss, options = VARIANTS[request.param]
+    gan = build_gan('mlp', loss, ema_decay=EMA_DECAY, **options)
     # chex counts traces by the function's source, which every loss shares.
     chex.clear_trace_counter()
     step = jax.jit(chex.assert_max_traces(gan.step, n=1), donate_argnums=0)
@@ -170,7 +197,7 @@ def three_steps(request):
 def test_step_metrics_are_finite_scalars(three_steps):
     loss, states, metrics = three_steps
     expected = {'d_loss', 'g_loss', 'd_real_logit', 'd_fake_logit'}
-    if loss == 'wgan_gp':
+    if loss in ('wgan_gp', 'r1_lazy_two_critics'):
         expected.add('gradient_penalty')
     for m in metrics:
         assert set(m) == expected
@@ -178,8 +205,38 @@ def test_step_metrics_are_finite_scalars(three_steps):
             assert np.shape(value) == () and np.isfinite(value), (name, value)
     if loss == 'wgan_gp':
         assert all(m['gradient_penalty'] > 0 for m in metrics)
+    if loss == 'r1_lazy_two_critics':  # computed at steps 0 and 2 (doubled), skipped at 1
+        penalties = [float(m['gradient_penalty']) for m in metrics]
+        assert penalties[0] > 0 and penalties[1] == 0.0 and penalties[2] > 0
     assert [int(s.step) for s in states] == [0, 1, 2, 3]
     assert states[-1].step.dtype == np.int32
+
+
+def test_critic_steps_update_d_n_times_each_on_its_own_slice():
+    gan = build_gan('mlp', 'wasserstein', critic_steps=3, penalty=gradient_penalty)
+    step = jax.jit(gan.step)
+    images = random_images(3 * BATCH)
+    state, _ = step(gan.fresh_state(), {'image': images})
+    # Adam counts its updates: three of D, one of G.
+    assert int(state.d_opt_state[0].count) == 3 and int(state.g_opt_state[0].count) == 1
+    for part in range(3):  # every slice of the batch reaches D
+        changed = images.copy()
+        changed[part * BATCH:(part + 1) * BATCH] = 255 - changed[part * BATCH:(part + 1) * BATCH]
+        other, _ = step(gan.fresh_state(), {'image': changed})
+        assert not np.array_equal(other.d_params['Dense_0']['kernel'],
+                                  state.d_params['Dense_0']['kernel']), part
+    with pytest.raises(ValueError, match='batch of 8 does not split into critic_steps=3'):
+        step(gan.fresh_state(), {'image': images[:BATCH]})
+
+
+def test_lazy_penalty_is_the_penalty_times_its_period_on_the_steps_it_runs():
+    batch = {'image': random_images(BATCH)}
+    plain = build_gan('mlp', penalty=r1_penalty)
+    lazy = build_gan('mlp', penalty=r1_penalty, penalty_every=4)
+    _, every_step = jax.jit(plain.step)(plain.fresh_state(), batch)
+    _, fourth_step = jax.jit(lazy.step)(lazy.fresh_state(), batch)  # step 0: computed
+    assert float(every_step['gradient_penalty']) > 0
+    assert float(fourth_step['gradient_penalty']) == 4 * float(every_step['gradient_penalty'])
 
 
 def test_step_updates_both_networks(three_steps):

@@ -8,13 +8,14 @@ import pytest
 from conftest import IMAGE_SHAPE, Z_DIM, random_images
 from experiments import gan_mnist
 from research.models.gan import make_gan
-from research.objectives.gan import init_gan_state, make_gan_step
+from research.objectives.gan import LOSSES, init_gan_state, make_gan_step
 from research.train import population
 
 GENERATOR, DISCRIMINATOR = make_gan('mlp', IMAGE_SHAPE)
 TX = optax.inject_hyperparams(optax.adam)(2e-4, b1=0.5)
 INIT = lambda key: init_gan_state(key, GENERATOR, DISCRIMINATOR, TX, TX, Z_DIM, IMAGE_SHAPE)
-STEP = make_gan_step(GENERATOR, DISCRIMINATOR, TX, TX, loss='non_saturating', z_dim=Z_DIM)
+STEP = make_gan_step(GENERATOR, DISCRIMINATOR, TX, TX, loss=LOSSES['non_saturating'],
+                     z_dim=Z_DIM)
 
 
 def with_lr(state, lr):

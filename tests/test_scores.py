@@ -209,7 +209,7 @@ def fake_cli(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, 'research.evals.judge',
                         types.SimpleNamespace(load_judge=lambda dataset: FakeJudge(dataset)))
     monkeypatch.setattr(datasets, 'tfds_usable', lambda name: (False, 'disabled in tests'))
-    for name in datasets.KNOWN_DATASETS:
+    for name in datasets.DATASETS:
         monkeypatch.delenv(datasets.env_var(name), raising=False)
     for prefix, seed in (('train', 0), ('t10k', 1)):
         write_idx(tmp_path / f'{prefix}-images-idx3-ubyte', images(300, seed)[..., 0])

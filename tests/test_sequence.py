@@ -13,11 +13,12 @@ from conftest import copy_tree
 from research import data
 from research.data import text
 from research.evals.lm import make_lm_evaluator
-from research.models.recurrent import RecurrentLayer, gru_cell, gru_scan, lstm_cell, lstm_scan
+from research.models.fast.recurrent import gru_scan, lstm_scan
+from research.models.recurrent import RecurrentLayer, gru_cell, lstm_cell
 from research.models.sequence import CharRNN, RowLSTMClassifier, make_char_model
 from research.models.transformer import Transformer
-from research.objectives.lm import (init_lm_state, make_generate, make_lm_optimizer,
-                                    make_lm_step, token_nll)
+from research.objectives.lm import init_lm_state, make_generate, make_lm_step, token_nll
+from research.objectives.optim import adamw
 from research.train import mesh as mesh_lib
 
 V = 11  # vocabulary of the toy models
@@ -154,7 +155,7 @@ def test_token_path_equals_embedding_then_layer_with_gradients(kind):
 
 def test_step_traces_once_loss_falls_and_is_a_function_of_rng_and_step():
     model = CharRNN(V, 'lstm', embed=8, hidden=32, dropout=0.1)
-    tx = make_lm_optimizer(2e-2, 40, warmup_steps=2)
+    tx = adamw(2e-2, 40, warmup_steps=2, final_lr=2e-3, b2=0.99, decay='matrices', clip=1.0)
     state = jax.jit(lambda key: init_lm_state(key, model, tx, 12))(jax.random.PRNGKey(0))
     tokens = np.arange(16 * 13).reshape(16, 13) % 5  # a cycle: fully predictable
     batch = {'tokens': jnp.asarray(tokens, jnp.int32)}
@@ -272,13 +273,13 @@ def test_vocab_round_trip_and_a_changed_corpus_is_refused(tmp_path):
     corpus = 'hello world, hello words'
     vocab = text.Vocab.from_text(corpus)
     assert vocab.decode(vocab.encode(corpus)) == corpus and len(vocab) == len(set(corpus))
-    text.check_vocab(str(tmp_path), vocab, corpus, 'a')
-    text.check_vocab(str(tmp_path), vocab, corpus, 'a')  # the same corpus resumes
+    saved, path = text.vocab_record(vocab, corpus, 'a'), str(tmp_path / 'vocab.json')
+    text.check_vocab(saved, text.vocab_record(vocab, corpus, 'a'), path)  # the same corpus resumes
     with pytest.raises(ValueError, match=r'vocab\.json: the corpus differs.*chars'):
         other = corpus + 'Z'
-        text.check_vocab(str(tmp_path), text.Vocab.from_text(other), other, 'b')
+        text.check_vocab(saved, text.vocab_record(text.Vocab.from_text(other), other, 'b'), path)
     with pytest.raises(ValueError, match=r'vocab\.json: the corpus differs.*corpus_chars'):
-        text.check_vocab(str(tmp_path), vocab, corpus + 'hello', 'b')
+        text.check_vocab(saved, text.vocab_record(vocab, corpus + 'hello', 'b'), path)
     with pytest.raises(ValueError, match="character 'Q' is not in the vocabulary"):
         vocab.encode('Q')
     train, validation = text.split_tokens(np.arange(100))

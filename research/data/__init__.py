@@ -1,15 +1,15 @@
-"""Data: IDX files, dataset loading from whichever source has it, batching.
+"""Data: the dataset catalog, loading from whichever source has it, batching.
 
     from research import data
     train = data.load('mnist', 'train')        # -> data.Split
+    shape = data.DATASETS['mnist'].image_shape  # (28, 28, 1)
     pipeline = data.BatchPipeline({'image': train.images, 'label': train.labels},
                                   global_batch=128, seed=0)
     for batch in pipeline.iterate(start_step): ...
 """
 
+from research.data.catalog import DATASETS, Dataset, DebianCopy, lookup
 from research.data.datasets import (
-    CLASS_NAMES,
-    KNOWN_DATASETS,
     SPLITS,
     DatasetUnavailableError,
     Split,
@@ -18,20 +18,24 @@ from research.data.datasets import (
     tfds_usable,
 )
 from research.data.idx import IdxError, read_idx, write_idx
-from research.data.pipeline import BatchPipeline
+from research.data.pipeline import BatchPipeline, IndexedPipeline, Pipeline
 from research.data.text import (CorpusUnavailableError, Vocab, WindowPipeline, check_vocab,
-                                eval_windows, load_corpus, split_tokens)
+                                eval_windows, load_corpus, split_tokens, vocab_record)
+from research.data.tfds_probe import tfds_available
 from research.data.train_eval import load_train_eval
-from research.data.transforms import binarize, hold_out
+from research.data.transforms import binarize, hold_out, images_to_float
 
 __all__ = [
-    'CLASS_NAMES',
-    'KNOWN_DATASETS',
+    'DATASETS',
     'SPLITS',
     'BatchPipeline',
     'CorpusUnavailableError',
+    'Dataset',
     'DatasetUnavailableError',
+    'DebianCopy',
     'IdxError',
+    'IndexedPipeline',
+    'Pipeline',
     'Split',
     'Vocab',
     'WindowPipeline',
@@ -40,11 +44,15 @@ __all__ = [
     'env_var',
     'eval_windows',
     'hold_out',
+    'images_to_float',
     'load',
     'load_corpus',
     'load_train_eval',
+    'lookup',
     'read_idx',
     'split_tokens',
+    'tfds_available',
     'tfds_usable',
+    'vocab_record',
     'write_idx',
 ]

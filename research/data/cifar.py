@@ -16,8 +16,6 @@ import pickle
 
 import numpy as np
 
-CLASS_NAMES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship',
-               'truck')
 FILES = {'train': tuple(f'data_batch_{i}' for i in range(1, 6)), 'test': ('test_batch',)}
 _SIDE = 32
 

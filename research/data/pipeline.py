@@ -5,13 +5,37 @@ checkpoint, and resuming at step k costs the same as any other step (no
 replaying the first k batches). Every process computes the same global
 permutation from the seed and takes its own contiguous slice of each global
 batch, so the processes together see exactly the global batch.
+
+What the training loop relies on is a protocol, not this class: `Pipeline` (a global batch size
+and `batch(step)`), and `IndexedPipeline` where every batch is rows of arrays that fit in memory,
+which lets research/train/fused.py put the arrays on the device once and send only indices.
+`BatchPipeline` and research/data/text.py's `WindowPipeline` are both IndexedPipelines.
 """
 
 from collections.abc import Iterator
 import itertools
 import operator
+from typing import Protocol, runtime_checkable
 
 import numpy as np
+
+
+@runtime_checkable
+class Pipeline(Protocol):
+    """Batches as a pure function of the global step: this process's part of global batch `step`
+    (global_batch rows over all processes together)."""
+    global_batch: int
+
+    def batch(self, step: int) -> dict[str, np.ndarray]: ...
+
+
+@runtime_checkable
+class IndexedPipeline(Pipeline, Protocol):
+    """A Pipeline whose batches are gathered from `arrays`: for this process's rows,
+    batch(step) == {key: arrays[key][indices(step)] for key in arrays}, exactly."""
+    arrays: dict[str, np.ndarray]
+
+    def indices(self, step: int) -> np.ndarray: ...
 
 
 class BatchPipeline:

@@ -2,30 +2,30 @@
 
     text, source = load_corpus(config_path)          # the first source that has it
     vocab = Vocab.from_text(text)
-    check_vocab(workdir, vocab, text, source)        # a resumed run must see the same corpus
+    record = vocab_record(vocab, text, source)       # the experiment saves it with the run
+    check_vocab(saved, record, path)                 # a resumed run must see the same corpus
     train, validation = split_tokens(vocab.encode(text))
     pipeline = WindowPipeline(train, seq_len=256, global_batch=64, seed=0)
 
+This module reads and computes; it writes nothing (the experiment owns its workdir).
 Sources, in order: a text file named in the config; tensorflow-datasets' `tiny_shakespeare`, only
-where `tfds_usable`-style probing says it can work now (TensorFlow installed and the dataset
-prepared or its host reachable within seconds; offline, tfds would retry for minutes); the copy
-at ../shared/data/tinyshakespeare/input.txt on development machines (looked up from the current
-directory and from the repository root). None: `CorpusUnavailableError` at once, saying how to
-provide one.
+where `tfds_available` (research/data/tfds_probe.py) says it can work now (TensorFlow installed
+and the dataset prepared or its host reachable within seconds; offline, tfds would retry for
+minutes); the copy at ../shared/data/tinyshakespeare/input.txt on development machines (looked up
+from the current directory and from the repository root). None: `CorpusUnavailableError` at
+once, saying how to provide one.
 The split is nanoGPT's: the first 90% of the characters train, the last 10% validate.
 """
 import hashlib
-import importlib.util
 import itertools
-import json
 import operator
 import os
 from pathlib import Path
 
 import numpy as np
 
-from research import files
-from research.data import datasets
+from research.data.datasets import DatasetUnavailableError
+from research.data.tfds_probe import tfds_available
 
 SHARED_CORPUS = os.path.join('..', 'shared', 'data', 'tinyshakespeare', 'input.txt')
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -34,22 +34,13 @@ TFDS_HOST = ('raw.githubusercontent.com', 443)  # where tfds downloads the text 
 TRAIN_FRACTION = 0.9
 
 
-class CorpusUnavailableError(datasets.DatasetUnavailableError):
+class CorpusUnavailableError(DatasetUnavailableError):
     """No source could provide a text corpus (the message lists them and why)."""
 
 
 def _tfds_usable() -> tuple[bool, str]:
-    """Whether tfds can serve tiny_shakespeare now, decided in seconds (as datasets.tfds_usable)."""
-    if importlib.util.find_spec('tensorflow') is None:
-        return False, 'TensorFlow is not installed (tfds needs it to read tiny_shakespeare)'
-    data_dir = os.environ.get('TFDS_DATA_DIR') or os.path.expanduser('~/tensorflow_datasets')
-    if list(Path(data_dir).glob(f'{TFDS_NAME}/*/dataset_info.json')):
-        return True, f'already prepared in {data_dir}'
-    failure = datasets._connect_failure(*TFDS_HOST, datasets._TFDS_CONNECT_TIMEOUT_S)
-    if failure:
-        return False, (f'not prepared in {data_dir} and download host {TFDS_HOST[0]} '
-                       f'unreachable ({failure})')
-    return True, f'downloadable from {TFDS_HOST[0]}'
+    # A name of its own, so tests can stub the probe out for text alone.
+    return tfds_available(TFDS_NAME, *TFDS_HOST)
 
 
 def _load_tfds() -> str:
@@ -114,28 +105,23 @@ class Vocab:
         return ''.join(self.chars[i] for i in np.asarray(ids).ravel())
 
 
-def check_vocab(workdir: str, vocab: Vocab, text: str, source: str) -> None:
-    """Writes workdir/vocab.json on a fresh run; on a resumed one, raises if the corpus changed
-    (another vocabulary would silently reinterpret every token id of the checkpoint, another
-    text with the same characters would shift the train/validation split)."""
-    path = os.path.join(workdir, 'vocab.json')
-    record = {'chars': vocab.chars, 'corpus_chars': len(text),
-              'corpus_sha256': hashlib.sha256(text.encode('utf-8')).hexdigest(), 'source': source}
-    if files.exists(path):
-        with files.open(path) as f:
-            saved = json.load(f)
-        for key in ('chars', 'corpus_chars', 'corpus_sha256'):
-            if saved.get(key) != record[key]:
-                raise ValueError(
-                    f'{path}: the corpus differs from the one this run started with ({key} '
-                    f'{saved.get(key)!r} -> {record[key]!r}; then from {saved.get("source")}, '
-                    f'now from {source}); use a new workdir or the original corpus')
-        return
-    import jax  # only process 0 writes
-    if jax.process_index() == 0:
-        files.makedirs(workdir)
-        with files.open(path, 'w') as f:
-            json.dump(record, f, indent=2)
+def vocab_record(vocab: Vocab, text: str, source: str) -> dict:
+    """What pins a run to its corpus (JSON-ready): the vocabulary, the corpus's length and
+    sha256, and where it came from (for the message only)."""
+    return {'chars': vocab.chars, 'corpus_chars': len(text),
+            'corpus_sha256': hashlib.sha256(text.encode('utf-8')).hexdigest(), 'source': source}
+
+
+def check_vocab(saved: dict, record: dict, path: str) -> None:
+    """Raises if `record` (this run's corpus) is not the `saved` one read from `path`: another
+    vocabulary would silently reinterpret every token id of the checkpoint, another text with
+    the same characters would shift the train/validation split."""
+    for key in ('chars', 'corpus_chars', 'corpus_sha256'):
+        if saved.get(key) != record[key]:
+            raise ValueError(
+                f'{path}: the corpus differs from the one this run started with ({key} '
+                f'{saved.get(key)!r} -> {record[key]!r}; then from {saved.get("source")}, '
+                f'now from {record["source"]}); use a new workdir or the original corpus')
 
 
 def split_tokens(tokens: np.ndarray, train_fraction: float = TRAIN_FRACTION):
@@ -150,7 +136,9 @@ class WindowPipeline:
     Global batch `step` starts its windows at np.random.default_rng([seed, step]).integers(0,
     N - seq_len, global_batch): a pure function of (seed, step), so there is no iterator state
     and a resumed run draws exactly the windows the uninterrupted one would. Process p takes rows
-    [p * local_batch, (p + 1) * local_batch) of the global batch.
+    [p * local_batch, (p + 1) * local_batch) of the global batch. An IndexedPipeline
+    (research/data/pipeline.py): `indices(step)` are the windows' token positions, so
+    batch(step) == {'tokens': arrays['tokens'][indices(step)]}.
     """
 
     def __init__(self, tokens: np.ndarray, seq_len: int, global_batch: int, seed: int,
@@ -168,19 +156,25 @@ class WindowPipeline:
             raise ValueError(f'need 0 <= process_index < process_count and seed >= 0, got '
                              f'{process_index}, {process_count}, {seed}')
         self.tokens = np.asarray(tokens, np.int32)
+        self.arrays = {'tokens': self.tokens}
         self.seq_len, self.global_batch, self.seed = seq_len, global_batch, seed
         self.local_batch = global_batch // process_count
         self.process_index = process_index
         self._offsets = np.arange(seq_len + 1)
 
-    def batch(self, step: int) -> dict[str, np.ndarray]:
+    def indices(self, step: int) -> np.ndarray:
+        """int (local_batch, seq_len + 1): the token positions of this process's windows."""
         step = operator.index(step)
         if step < 0:
             raise ValueError(f'step must be non-negative, got {step}')
         starts = np.random.default_rng([self.seed, step]).integers(
             0, len(self.tokens) - self.seq_len, self.global_batch)
         mine = starts[self.process_index * self.local_batch:][:self.local_batch]
-        return {'tokens': self.tokens[mine[:, None] + self._offsets]}
+        return mine[:, None] + self._offsets
+
+    def batch(self, step: int) -> dict[str, np.ndarray]:
+        rows = self.indices(step)
+        return {key: value[rows] for key, value in self.arrays.items()}
 
     def iterate(self, start_step: int = 0):
         start_step = operator.index(start_step)

@@ -5,6 +5,10 @@
              a fresh draw per batch, happens inside the train step instead.)
   hold_out   splits off the last n examples of a seeded permutation as an evaluation set, for
              when no separate test split exists; experiments then name it 'heldout', never 'test'.
+
+And one per batch, on numpy or jax arrays, inside a jitted step too:
+
+  images_to_float   uint8 [0, 255] -> float32 [-1, 1], the range the networks read.
 """
 import dataclasses
 
@@ -34,3 +38,9 @@ def hold_out(split: Split, n: int, seed: int) -> tuple[Split, Split]:
         source=f'{split.source}, {what}')
     return (part(keep, f'all but {n} held out (seed {seed})'),
             part(held, f'{n} held out (seed {seed})'))
+
+
+def images_to_float(images):
+    """uint8 [0, 255] -> float32 [-1, 1]. Only methods and operators, no numpy function, so a jax
+    array stays a jax array (and traces under jit) and a numpy array stays numpy."""
+    return images.astype(np.float32) / 127.5 - 1.0

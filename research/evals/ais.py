@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from research.models import rbm as rbm_lib
+from research.numerics import softplus
 
 
 def default_betas(n: int = 14_501) -> np.ndarray:
@@ -53,7 +54,7 @@ def _check_betas(betas) -> np.ndarray:
 
 def base_log_partition(base_visible_bias, hidden: int):
     """log Z_A of the base model: sum_i softplus(b_A_i) + H log 2."""
-    return jnp.sum(rbm_lib.softplus(base_visible_bias)) + hidden * math.log(2.0)
+    return jnp.sum(softplus(base_visible_bias)) + hidden * math.log(2.0)
 
 
 def ais_log_weights(params, key, *, betas, n_runs: int, base_visible_bias):
@@ -69,7 +70,7 @@ def ais_log_weights(params, key, *, betas, n_runs: int, base_visible_bias):
     def log_p_star(v, x, beta):
         """log p*_beta(v), given x = b_h + v W."""
         return ((1.0 - beta) * (v @ b_a) + beta * (v @ b_b)
-                + jnp.sum(rbm_lib.softplus(beta * x), axis=-1))
+                + jnp.sum(softplus(beta * x), axis=-1))
 
     def anneal(carry, inputs):
         v, log_w = carry
@@ -128,7 +129,7 @@ def exact_log_partition(params, *, chunk_bits: int = 12):
         index = (high << low) + jnp.arange(2 ** low, dtype=jnp.int32)
         h = ((index[:, None] >> bits) & 1).astype(jnp.float32)  # (2^low, H)
         terms = h @ params['b_h'] + jnp.sum(
-            rbm_lib.softplus(params['b_v'] + h @ params['w'].T), axis=-1)
+            softplus(params['b_v'] + h @ params['w'].T), axis=-1)
         return jax.nn.logsumexp(terms)
 
     per_chunk = jax.lax.map(chunk_log_sum, jnp.arange(2 ** (hidden - low), dtype=jnp.int32))

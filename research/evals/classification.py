@@ -20,7 +20,7 @@ from research.evals.evaluator import DatasetEvaluator
 from research.objectives.classifier import make_predict_fn
 
 
-def make_classifier_evaluator(model, batch_size: int, mesh):
+def make_classifier_evaluator(model, batch_size: int, mesh=None):
     """predict(params, uint8 images) -> int64 (N,) predicted classes over all of `images`."""
     evaluator = DatasetEvaluator(make_predict_fn(model), batch_size, mesh)
     key = jax.random.PRNGKey(0)  # unused by the prediction; DatasetEvaluator passes one

@@ -15,11 +15,13 @@ from research.train import mesh as mesh_lib
 class DatasetEvaluator:
     """fn(params, images, key) -> (B,) over a whole dataset; returns all N values, in order.
 
-    Batches are split over the mesh's `data` axis; batch b uses fold_in(key, b), so results do not
-    depend on the number of devices. Compiled once (the padded last batch has the same shape).
+    Batches are split over the mesh's `data` axis (default: every device); batch b uses
+    fold_in(key, b), so results do not depend on the number of devices. Compiled once (the padded
+    last batch has the same shape).
     """
 
-    def __init__(self, fn, batch_size: int, mesh):
+    def __init__(self, fn, batch_size: int, mesh=None):
+        mesh = mesh_lib.data_mesh() if mesh is None else mesh
         mesh_lib.check_batch_size(batch_size, mesh)
         self.batch_size, self._sharding = batch_size, mesh_lib.batch_sharded(mesh)
         self._fn = jax.jit(fn, in_shardings=(mesh_lib.replicated(mesh), self._sharding, None),
@@ -38,3 +40,9 @@ class DatasetEvaluator:
                               jax.random.fold_in(key, b))
             pending.append((values, valid))  # dispatch everything before fetching anything
         return np.concatenate([np.asarray(v)[:valid] for v, valid in pending]).astype(np.float64)
+
+
+def in_chunks(fn, x, size: int) -> np.ndarray:
+    """fn over x in slices of `size` rows, concatenated as numpy: bounded memory (and one
+    compiled shape, but for the last slice) however many rows x has."""
+    return np.concatenate([np.asarray(fn(x[i:i + size])) for i in range(0, len(x), size)])

@@ -45,12 +45,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from research.data import DATASETS, images_to_float
 from research.evals.evaluator import DatasetEvaluator
 from research.models.classifier import JudgeCNN
-from research.objectives.classifier import images_to_float
 from research.train import mesh as mesh_lib
 
-IMAGE_SHAPE = (28, 28, 1)
 BATCH_SIZE = 500
 _MNIST_COMMAND = ('python -m experiments.classifier --config=experiments/classifier.py:judge_mnist '
                   '--workdir runs/judge_mnist')
@@ -92,10 +91,12 @@ def params_to_bytes(params) -> bytes:
     return flax.serialization.to_bytes(jax.device_get(params))
 
 
-def params_from_bytes(raw: bytes, where: str):
-    """Parameters for `JudgeCNN()` from msgpack bytes, checked against its shapes."""
+def params_from_bytes(raw: bytes, where: str, dataset: str):
+    """Parameters for `JudgeCNN()` from msgpack bytes, checked against its shapes for `dataset`'s
+    images (the dense layer's width follows the image size)."""
     model = JudgeCNN()
-    like = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, *IMAGE_SHAPE)),
+    image_shape = DATASETS[dataset].image_shape
+    like = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, *image_shape)),
                                              train=False)['params'])
     try:
         state = flax.serialization.msgpack_restore(raw)
@@ -116,6 +117,7 @@ class Judge:
 
     def __init__(self, dataset: str, params, sha256_hex: str, info: dict):
         self.dataset, self.sha256, self.info = dataset, sha256_hex, info
+        self.image_shape = DATASETS[dataset].image_shape
         self.model = JudgeCNN()
         self.params = params
         mesh = mesh_lib.data_mesh(jax.local_devices()[:1])
@@ -130,9 +132,10 @@ class Judge:
 
     def _check(self, images):
         images = np.asarray(images)
-        if images.dtype != np.uint8 or images.shape[1:] != IMAGE_SHAPE or len(images) == 0:
-            raise ValueError(f'the {self.dataset} judge takes uint8 images of shape (N, 28, 28, 1) '
-                             f'with N >= 1, got {images.dtype} {images.shape}')
+        if images.dtype != np.uint8 or images.shape[1:] != self.image_shape or len(images) == 0:
+            raise ValueError(f'the {self.dataset} judge takes uint8 images of shape '
+                             f'(N, {", ".join(map(str, self.image_shape))}) with N >= 1, got '
+                             f'{images.dtype} {images.shape}')
         return images
 
     def features(self, images) -> np.ndarray:
@@ -163,4 +166,4 @@ def load_judge(dataset: str) -> Judge:
             'research.evals.judge.JUDGES; the file is corrupt or not the pinned judge, and its '
             'scores would not compare with published ones. Reinstall the package, or rebuild '
             'the judge and pin the new hash (see the module docstring).')
-    return Judge(dataset, params_from_bytes(raw, str(source)), actual, dict(info))
+    return Judge(dataset, params_from_bytes(raw, str(source), dataset), actual, dict(info))

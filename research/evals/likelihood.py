@@ -67,7 +67,7 @@ def vae_log_px_fn(vae, likelihood: str, k: int, chunk: int):
     return fn
 
 
-def make_vae_evaluator(vae, *, likelihood: str, batch_size: int, mesh, k: int = 5000,
+def make_vae_evaluator(vae, *, likelihood: str, batch_size: int, mesh=None, k: int = 5000,
                        chunk: int = 500):
     """evaluate(params, images, key, nll=False) -> {'elbo', 'elbo_sem'[, 'nll', 'nll_sem',
     'nll_bits_per_dim']} over all of `images`: the test ELBO and, with `nll`, the k-sample

@@ -17,7 +17,7 @@ from research.evals.evaluator import DatasetEvaluator
 from research.objectives.lm import window_nll_fn
 
 
-def make_lm_evaluator(model, seq_len: int, batch_size: int, mesh):
+def make_lm_evaluator(model, seq_len: int, batch_size: int, mesh=None):
     """evaluate(params, tokens) -> {'loss': nats/char, 'bits_per_char', 'chars'} over all of
     `tokens` (a whole split). Compiles once, on first use."""
     evaluator = DatasetEvaluator(window_nll_fn(model), batch_size, mesh)

@@ -147,7 +147,7 @@ def _featurize(judge, images: np.ndarray, description: str) -> _Reference:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('samples', nargs='?', help='.npz file with uint8 images under `images`')
-    parser.add_argument('--dataset', required=True, choices=data.KNOWN_DATASETS)
+    parser.add_argument('--dataset', required=True, choices=tuple(data.DATASETS))
     parser.add_argument('--floor', action='store_true',
                         help="score the real test split instead of a samples file")
     parser.add_argument('--test-dir', help='IDX directory of the test split (with --floor)')

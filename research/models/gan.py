@@ -7,23 +7,36 @@ DCGAN (our design):
               -> Dense 1
 MLP GAN: G 100-256-256-784 (LReLU, tanh out), D 784-256-256-1 (LReLU).
 
-The generator's transposed convolutions use the exact fast forms from `layers.py` (same
-parameters, same function as `nn.ConvTranspose`; see that file for why). The discriminators
-return logits, shape (B,); the losses live in `research/objectives/gan.py`.
+With `fast=True` (the default) the generator's transposed convolutions are the exact fast forms
+in `research/models/fast/convs.py` (same parameters, same function as `nn.ConvTranspose`, measured
+faster on XLA:CPU; see that file); `fast=False` uses `nn.ConvTranspose` itself. The
+discriminators return logits, shape (B,); the losses live in `research/objectives/gan.py`.
 """
 import flax.linen as nn
 import jax.numpy as jnp
 
-from research.models.layers import FourierConvTranspose, SubpixelConvTranspose
+from research.models.fast.convs import FourierConvTranspose, SubpixelConvTranspose
 
 LEAK = 0.2
 # DCGAN practice (Radford et al. 2016): weights from N(0, 0.02), BN momentum 0.9.
 _init = nn.initializers.normal(0.02)
 
 
+def _conv_transpose(features: int, strides: int, name: str, fast: bool) -> nn.Module:
+    """The generator's 5x5 'SAME' bias-free transposed convolution, plain or in its fast form."""
+    if not fast:
+        return nn.ConvTranspose(features, (5, 5), strides=(strides, strides), padding='SAME',
+                                use_bias=False, kernel_init=_init, name=name)
+    if strides == 1:
+        return FourierConvTranspose(features, 5, use_bias=False, kernel_init=_init, name=name)
+    return SubpixelConvTranspose(features, 5, strides, use_bias=False, kernel_init=_init,
+                                 name=name)
+
+
 class DCGANGenerator(nn.Module):
     image_shape: tuple[int, int, int] = (28, 28, 1)
     base: int = 256
+    fast: bool = True
 
     @nn.compact
     def __call__(self, z, *, train: bool):
@@ -34,11 +47,12 @@ class DCGANGenerator(nn.Module):
         bn = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9)
         x = nn.Dense(h // 4 * w // 4 * self.base, use_bias=False, kernel_init=_init)(z)
         x = nn.leaky_relu(bn()(x), LEAK).reshape(-1, h // 4, w // 4, self.base)
-        x = FourierConvTranspose(self.base // 2, 5, use_bias=False, kernel_init=_init)(x)
+        # The fast layers' Flax auto names in both modes: initial values derive from the names.
+        x = _conv_transpose(self.base // 2, 1, 'FourierConvTranspose_0', self.fast)(x)
         x = nn.leaky_relu(bn()(x), LEAK)
-        x = SubpixelConvTranspose(self.base // 4, 5, 2, use_bias=False, kernel_init=_init)(x)
+        x = _conv_transpose(self.base // 4, 2, 'SubpixelConvTranspose_0', self.fast)(x)
         x = nn.leaky_relu(bn()(x), LEAK)
-        x = SubpixelConvTranspose(c, 5, 2, use_bias=False, kernel_init=_init)(x)
+        x = _conv_transpose(c, 2, 'SubpixelConvTranspose_1', self.fast)(x)
         return jnp.tanh(x)
 
 
@@ -83,10 +97,12 @@ class MLPDiscriminator(nn.Module):
 ARCHS = ('dcgan', 'mlp')
 
 
-def make_gan(arch: str, image_shape=(28, 28, 1)) -> tuple[nn.Module, nn.Module]:
-    """(generator, discriminator) for an architecture name from ARCHS."""
+def make_gan(arch: str, image_shape=(28, 28, 1), *,
+             fast: bool = True) -> tuple[nn.Module, nn.Module]:
+    """(generator, discriminator) for an architecture name from ARCHS; `fast` picks the DCGAN
+    generator's kernels (the MLP has none)."""
     if arch == 'dcgan':
-        return DCGANGenerator(image_shape=image_shape), DCGANDiscriminator()
+        return DCGANGenerator(image_shape=image_shape, fast=fast), DCGANDiscriminator()
     if arch == 'mlp':
         return MLPGenerator(image_shape=image_shape), MLPDiscriminator()
     raise ValueError(f'unknown GAN architecture {arch!r}; known: {", ".join(ARCHS)}')

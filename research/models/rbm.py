@@ -15,6 +15,8 @@ the train step, annealed importance sampling and the stacked layers of a deep be
 import jax
 import jax.numpy as jnp
 
+from research.numerics import softplus
+
 VISIBLE_KINDS = ('bernoulli', 'gaussian')
 
 
@@ -22,11 +24,6 @@ def check_visible(visible: str) -> None:
     if visible not in VISIBLE_KINDS:
         raise ValueError(f'unknown RBM visible units {visible!r}; known: '
                          f'{", ".join(VISIBLE_KINDS)}')
-
-
-def softplus(x):
-    """log(1 + e^x), exact for large |x| (neither e^x overflows nor 1 + e^x rounds to 1)."""
-    return jnp.maximum(x, 0.0) + jnp.log1p(jnp.exp(-jnp.abs(x)))
 
 
 def marginal_bias(p, eps: float = 1e-3):

@@ -11,12 +11,11 @@ uninterrupted one would have:
   shift_flip  a shift, then a left-right mirror with probability 1/2 (for CIFAR-10 and other
               natural images, where a mirrored object is still the same class).
 """
-from typing import Any
-
-import flax
 import jax
 import jax.numpy as jnp
 import optax
+
+from research.objectives.state import TrainState, init_train_state
 
 AUGMENTATIONS = ('none', 'shift', 'shift_flip')
 MAX_SHIFT = 2
@@ -55,19 +54,8 @@ def augment_images(x, key, augment: str):
     return x
 
 
-@flax.struct.dataclass
-class ClassifierState:
-    step: jax.Array   # completed train steps, int32
-    rng: jax.Array    # base key; step k uses fold_in(rng, k)
-    params: Any
-    opt_state: Any
-
-
-def init_classifier_state(key, model, tx, image_shape) -> ClassifierState:
-    k_init, k_rng = jax.random.split(key)
-    params = model.init(k_init, jnp.zeros((2, *image_shape)), train=False)['params']
-    return ClassifierState(step=jnp.zeros((), jnp.int32), rng=k_rng, params=params,
-                           opt_state=tx.init(params))
+def init_classifier_state(key, model, tx, image_shape) -> TrainState:
+    return init_train_state(key, model, tx, jnp.zeros((2, *image_shape)), train=False)
 
 
 def make_classifier_step(model, tx, *, augment: str = 'none'):
@@ -76,7 +64,7 @@ def make_classifier_step(model, tx, *, augment: str = 'none'):
     `accuracy` (on the augmented training images, in train mode: dropout on)."""
     check_augment(augment)
 
-    def step(state: ClassifierState, batch):
+    def step(state: TrainState, batch):
         k_aug, k_dropout = jax.random.split(jax.random.fold_in(state.rng, state.step))
         x = augment_images(images_to_float(batch['image']), k_aug, augment)
         labels = batch['label']
@@ -104,15 +92,3 @@ def make_predict_fn(model):
         logits = model.apply({'params': params}, images_to_float(images), train=False)
         return jnp.argmax(logits, axis=-1)
     return predict
-
-
-def make_optimizer(lr: float, weight_decay: float, steps: int, warmup_steps: int = 0):
-    """AdamW with a linear warm-up to `lr` and a cosine decay to 0 at `steps`. Weight decay is
-    decoupled (Loshchilov & Hutter 2019) and applied to kernels only, not to biases."""
-    if not 0 <= warmup_steps < steps:
-        raise ValueError(f'need 0 <= warmup_steps < steps, got warmup_steps={warmup_steps}, '
-                         f'steps={steps}')
-    schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps, steps)
-    kernels = lambda params: jax.tree_util.tree_map_with_path(
-        lambda path, _: getattr(path[-1], 'key', None) == 'kernel', params)
-    return optax.adamw(schedule, weight_decay=weight_decay, mask=kernels)

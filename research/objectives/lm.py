@@ -5,41 +5,15 @@ A batch is {'tokens': int32 (B, T + 1)}: inputs are tokens[:, :-1], targets toke
 loss is the mean next-character cross-entropy in nats. Dropout draws from fold_in(rng, step), so
 a resumed run repeats the uninterrupted one exactly.
 """
-from typing import Any
-
-import flax
 import jax
 import jax.numpy as jnp
 import optax
 
-
-@flax.struct.dataclass
-class LMState:
-    step: jax.Array   # completed train steps, int32
-    rng: jax.Array    # base key; step k uses fold_in(rng, k)
-    params: Any
-    opt_state: Any
+from research.objectives.state import TrainState, init_train_state
 
 
-def init_lm_state(key, model, tx, seq_len: int) -> LMState:
-    k_init, k_rng = jax.random.split(key)
-    params = model.init(k_init, jnp.zeros((2, seq_len), jnp.int32), train=False)['params']
-    return LMState(step=jnp.zeros((), jnp.int32), rng=k_rng, params=params,
-                   opt_state=tx.init(params))
-
-
-def make_lm_optimizer(lr: float, steps: int, *, warmup_steps: int = 0, weight_decay: float = 0.0,
-                      b2: float = 0.99, clip: float = 1.0):
-    """AdamW (nanoGPT's betas (0.9, 0.99) for small char models) with a linear warm-up and a
-    cosine decay to lr/10 at `steps`, global-norm clipping at `clip` (0: none), and weight decay
-    on matrices only (kernels, embeddings, recurrent weights), never on biases or norms."""
-    if not 0 <= warmup_steps < steps:
-        raise ValueError(f'need 0 <= warmup_steps < steps, got warmup_steps={warmup_steps}, '
-                         f'steps={steps}')
-    schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps, steps, end_value=lr / 10)
-    matrices = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
-    adamw = optax.adamw(schedule, b1=0.9, b2=b2, weight_decay=weight_decay, mask=matrices)
-    return optax.chain(optax.clip_by_global_norm(clip), adamw) if clip > 0 else adamw
+def init_lm_state(key, model, tx, seq_len: int) -> TrainState:
+    return init_train_state(key, model, tx, jnp.zeros((2, seq_len), jnp.int32), train=False)
 
 
 def token_nll(logits, targets):
@@ -50,7 +24,7 @@ def token_nll(logits, targets):
 def make_lm_step(model, tx):
     """Returns the pure step(state, batch) -> (state, metrics); metrics: `loss` (mean nats/char
     over the batch, dropout on) and `grad_norm` (before clipping)."""
-    def step(state: LMState, batch):
+    def step(state: TrainState, batch):
         tokens = batch['tokens']
         inputs, targets = tokens[:, :-1], tokens[:, 1:]
         key = jax.random.fold_in(state.rng, state.step)

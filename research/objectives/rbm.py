@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from research.models import rbm as rbm_lib
+from research.numerics import softplus
 
 
 @flax.struct.dataclass
@@ -101,9 +102,9 @@ def pseudo_likelihood(params, v, key):
     pre = rbm_lib.hidden_input(params, v)
     pre_flipped = pre + delta[:, None] * params['w'][i]
     visible_term = v @ params['b_v']
-    energy = -visible_term - jnp.sum(rbm_lib.softplus(pre), axis=-1)
+    energy = -visible_term - jnp.sum(softplus(pre), axis=-1)
     energy_flipped = (-(visible_term + delta * params['b_v'][i])
-                      - jnp.sum(rbm_lib.softplus(pre_flipped), axis=-1))
+                      - jnp.sum(softplus(pre_flipped), axis=-1))
     return dims * jax.nn.log_sigmoid(energy_flipped - energy)
 
 

@@ -12,14 +12,13 @@ over `warmup_steps` (Sonderby et al. 2016); at beta = 1 both are the bounds abov
 quantity is per example, in nats; the step minimises the batch mean of the negative bound.
 """
 import math
-from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import optax
 
 from research.objectives import likelihoods
+from research.objectives.state import TrainState, init_train_state
 
 OBJECTIVES = ('elbo', 'iwae')
 _LOG_2PI = math.log(2 * math.pi)
@@ -80,19 +79,8 @@ def kl_beta(step, warmup_steps: int, beta_start: float):
     return beta_start + (1.0 - beta_start) * frac
 
 
-@flax.struct.dataclass
-class VAEState:
-    step: jax.Array   # completed train steps, int32
-    rng: jax.Array    # base key; step k uses fold_in(rng, k)
-    params: Any
-    opt_state: Any
-
-
-def init_vae_state(key, vae, tx, image_shape, latent: int) -> VAEState:
-    k_init, k_rng = jax.random.split(key)
-    params = vae.init(k_init, jnp.zeros((2, *image_shape)), jnp.zeros((2, latent)))['params']
-    return VAEState(step=jnp.zeros((), jnp.int32), rng=k_rng, params=params,
-                    opt_state=tx.init(params))
+def init_vae_state(key, vae, tx, image_shape, latent: int) -> TrainState:
+    return init_train_state(key, vae, tx, jnp.zeros((2, *image_shape)), jnp.zeros((2, latent)))
 
 
 def make_vae_step(vae, tx, *, likelihood: str, objective: str = 'elbo', k: int = 1,
@@ -111,7 +99,7 @@ def make_vae_step(vae, tx, *, likelihood: str, objective: str = 'elbo', k: int =
     if not 0.0 <= beta_start <= 1.0:
         raise ValueError(f'beta_start must be in [0, 1], got {beta_start}')
 
-    def step(state: VAEState, batch):
+    def step(state: TrainState, batch):
         k_bin, k_z = jax.random.split(jax.random.fold_in(state.rng, state.step))
         x = likelihoods.target(likelihood, batch['image'], k_bin, dynamic)
         beta = kl_beta(state.step, warmup_steps, beta_start)

@@ -45,6 +45,13 @@ def save_config(config, workdir: str) -> dict:
     return changed
 
 
+def check_preset(experiment: str, preset: str, presets) -> None:
+    """The first line of every get_config: an unknown preset names the known ones."""
+    if preset not in presets:
+        raise ValueError(f'unknown preset {preset!r} for {experiment}; presets: '
+                         f'{", ".join(presets)}')
+
+
 def define_flags(config_file: str, default_workdir: str) -> None:
     """--config (PATH[:PRESET] plus --config.KEY=VALUE overrides) and --workdir, for app.run.
 

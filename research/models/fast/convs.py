@@ -1,4 +1,5 @@
-"""Exact, faster forms of the DCGAN generator's transposed convolutions on XLA:CPU.
+"""Exact, faster forms of transposed convolutions on XLA:CPU (the DCGAN generator's, and the
+conv VAE decoder's stride-2 ones).
 
 Found by profiling the train step per layer (batch 128, 2 CPU cores):
 
@@ -15,7 +16,7 @@ measured slower, because its weight gradient is a slow convolution on XLA:CPU.)
 Each module holds exactly the parameters of the Flax layer it replaces (same names, shapes and
 initialisers; 'SAME' padding only) and computes the same function: the rewritten kernel is derived
 from the original one on every call, so gradients flow to the original parameters.
-`tests/test_layers.py` checks outputs and gradients against `nn.ConvTranspose`.
+`tests/test_fast_kernels.py` checks outputs and gradients against `nn.ConvTranspose`.
 """
 import math
 from typing import Any, Callable
