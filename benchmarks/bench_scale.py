@@ -18,15 +18,18 @@ import time
 import jax
 import numpy as np
 
-from benchmarks.bench import gan_parts, vae_parts
+from benchmarks.bench import IMAGE_SHAPE
+from experiments import gan_mnist, vae_mnist
 from research.data import BatchPipeline
 from research.train import mesh as mesh_lib, population
 from research.train.fused import FusedSteps
 
 
 def setup(model: str):
-    """(init(key) -> state, step) as `benchmarks.bench` builds them."""
-    return gan_parts('mlp') if model == 'mlpgan' else vae_parts('mlp')
+    """(init(key) -> state, step) of gan_mnist's mlp preset or vae_mnist's default, built by
+    the experiment's own `build`."""
+    experiment, preset = (gan_mnist, 'mlp') if model == 'mlpgan' else (vae_mnist, 'default')
+    return experiment.build(experiment.get_config(preset), IMAGE_SHAPE)[1:]
 
 
 def rate(run, calls: int, repeats: int) -> float:

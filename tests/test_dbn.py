@@ -16,7 +16,7 @@ from PIL import Image
 
 from conftest import copy_tree
 from experiments import dbn_mnist
-from research.evals.rbm_pictures import filter_grid, pixel_grid
+from research.evals.rbm import filter_grid, pixel_grid
 from research.models import dbn
 from research.models.classifier import MLPClassifier, make_classifier
 from research.objectives.dbn import make_layer_step

@@ -6,10 +6,13 @@ import os
 import subprocess
 import sys
 
+import chex
+import jax
 import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks import bench
 from conftest import REPO
 from experiments import gan_mnist
 from research.data import datasets
@@ -151,6 +154,19 @@ def test_command_line_rejects_bad_overrides(cli, name, mention):
     assert returncode != 0
     assert mention in stderr
     assert not (workdir / name).exists()  # rejected before anything ran
+
+
+def test_bench_times_the_experiments_own_step():
+    # The bench builds its GAN with gan_mnist.build, so it carries what training carries: the
+    # EMA of G, and learning rates in the optimizer state.
+    state, step, batch = bench.MODELS['mlpgan'](8, 'auto')
+    _, init, expected_step = gan_mnist.build(gan_mnist.get_config('mlp'), (28, 28, 1))
+    chex.assert_trees_all_equal(state, jax.jit(init)(jax.random.PRNGKey(0)))
+    new, _ = jax.jit(step)(state, batch)
+    chex.assert_trees_all_equal(new, jax.jit(expected_step)(state, batch)[0])
+    assert float(new.g_opt_state.hyperparams['learning_rate']) == pytest.approx(2e-4)
+    kernel = lambda params: params['Dense_0']['kernel']
+    assert not np.allclose(kernel(new.g_ema), kernel(new.g_params))  # ema_decay 0.999
 
 
 def test_bench_prints_one_json_line(cli):

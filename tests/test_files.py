@@ -8,7 +8,7 @@ import numpy as np
 from etils import epath
 
 from research import files
-from research.train import cli, metrics, run_info
+from research.train import metrics, outputs, run_info
 from research.train.images import save_png
 
 
@@ -31,7 +31,7 @@ def test_local_and_url_paths(tmp_path, monkeypatch):
     assert files.is_url(workdir) and not files.is_url(tmp_path)
     assert files.absolute(workdir) == workdir
 
-    cli.save_config(ml_collections.ConfigDict({'lr': 0.1}), workdir)
+    outputs.save_config(ml_collections.ConfigDict({'lr': 0.1}), workdir)
     assert json.loads((bucket / 'runs/one/config.json').read_text()) == {'lr': 0.1}
     assert run_info.write_run_info(workdir, step=0)['step'] == 0
     assert len(run_info.read_run_info(workdir)) == 1

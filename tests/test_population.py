@@ -57,3 +57,26 @@ def test_bad_population_settings_are_refused(overrides, message, tmp_path):
     with pytest.raises(ValueError, match=message):
         gan_mnist.run(config, str(tmp_path))
     assert not (tmp_path / 'config.json').exists()
+
+
+def test_init_population_gives_each_member_its_seed_and_learning_rate():
+    lrs = (1e-4, 3e-4, 5e-4)
+    states = jax.jit(population.init_population(INIT, 5, 3, lrs))(jax.random.PRNGKey(0))
+    for i in range(3):
+        single = INIT(jax.random.PRNGKey(5 + i))
+        jax.tree.map(np.testing.assert_array_equal, population.member(states, i).g_params,
+                     single.g_params)
+    for opt_state in (states.g_opt_state, states.d_opt_state):
+        np.testing.assert_array_equal(opt_state.hyperparams['learning_rate'],
+                                      np.array(lrs, np.float32))
+    with pytest.raises(ValueError, match='2 learning rates for a population of 3'):
+        population.init_population(INIT, 5, 3, lrs[:2])
+
+
+def test_learning_rates_need_injected_hyperparameters():
+    plain = optax.adam(2e-4)
+    init = lambda key: init_gan_state(key, GENERATOR, DISCRIMINATOR, plain, plain, Z_DIM,
+                                      IMAGE_SHAPE)
+    with pytest.raises(ValueError, match='need optimizers made by optax.inject_hyperparams'):
+        jax.eval_shape(population.init_population(init, 0, 2, (1e-4, 2e-4)),
+                       jax.random.PRNGKey(0))

@@ -20,7 +20,7 @@ from research.report.run import TIMELINE_LENGTH, pick_evenly, wall_time
 from research.data import BatchPipeline
 from research.train import mesh as mesh_lib
 from research.train.images import image_grid, save_png
-from research.train.loop import Hook, train
+from research.train.loop import Every, train
 from research.train.run_info import read_run_info, write_run_info
 
 GRID_STEPS = list(range(10, 110, 10))  # ten sample grids: more than the page shows
@@ -128,15 +128,14 @@ def test_smoke_run_records_its_starts_and_is_reported(mlp_gan, tmp_path):
     workdir = str(tmp_path / 'smoke')
     os.makedirs(os.path.join(workdir, 'samples'))
 
-    def grid(step, state):
-        save_png(os.path.join(workdir, 'samples', f'step_{step:06d}.png'),
-                 image_grid(random_images(4, seed=step)))
+    def grid(step, state, out):
+        out.png(f'samples/step_{step:06d}.png', image_grid(random_images(4, seed=step)), scale=1)
 
-    common = dict(step_fn=mlp_gan.step, hooks=(Hook(2, grid),), log_every=2, checkpoint_every=2,
+    common = dict(step=mlp_gan.step, hooks=[Every(2, grid)], final=[grid],
                   pipeline=BatchPipeline({'image': random_images(64)}, 16, seed=0),
-                  mesh=mesh_lib.data_mesh(jax.devices()[:1]))
-    train(workdir=workdir, state=mlp_gan.fresh_state(), num_steps=2, **common)
-    train(workdir=workdir, state=mlp_gan.fresh_state(), num_steps=4, **common)
+                  mesh=mesh_lib.data_mesh(jax.devices()[:1]), init=lambda key: mlp_gan.state)
+    train(dict(steps=2, log_every=2, checkpoint_every=2), workdir=workdir, **common)
+    train(dict(steps=4, log_every=2, checkpoint_every=2), workdir=workdir, **common)
     assert [s['step'] for s in read_run_info(workdir)] == [0, 2]
     with open(report.write_report(workdir)[0], encoding='utf-8') as f:
         page = f.read()

@@ -153,16 +153,17 @@ def test_debug_runs_the_step_eagerly_and_stops_at_the_first_nan(tmp_path):
     pipeline = BatchPipeline({'v': np.ones((8, 2), np.float32)}, 4, seed=0)
     state = Counter(step=jnp.zeros((), jnp.int32), x=jnp.zeros(()))
     mesh = mesh_lib.data_mesh(jax.devices()[:1])
+    schedule = dict(steps=6, log_every=1, checkpoint_every=100)
     with jax.disable_jit(), jax.debug_nans(True):
         with pytest.raises(FloatingPointError):
-            loop.train(workdir=str(tmp_path), state=state, step_fn=step_fn, pipeline=pipeline,
-                       mesh=mesh, num_steps=6, log_every=1, checkpoint_every=100)
+            loop.train(schedule, workdir=str(tmp_path), init=lambda key: state, step=step_fn,
+                       pipeline=pipeline, mesh=mesh)
     assert calls == [False] * 4  # three good steps, and the fourth stopped at its log
     # Without --debug the same run compiles the step once and stops at the NaN loss it logs.
     calls.clear()
     with pytest.raises(loop.NonFiniteLossError, match='non-finite loss at step 4'):
-        loop.train(workdir=str(tmp_path / 'jit'), state=state, step_fn=step_fn,
-                   pipeline=pipeline, mesh=mesh, num_steps=6, log_every=1, checkpoint_every=100)
+        loop.train(schedule, workdir=str(tmp_path / 'jit'), init=lambda key: state, step=step_fn,
+                   pipeline=pipeline, mesh=mesh)
     assert calls == [True]
 
 

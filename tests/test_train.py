@@ -27,9 +27,9 @@ from research.data import BatchPipeline
 from research.train import mesh as mesh_lib
 from research.train.checkpoint import Checkpointer
 from research.train.images import image_grid, save_png
-from research.train.loop import Hook, NonFiniteLossError, train
+from research.train.loop import Every, NonFiniteLossError, Schedule, train
 from research.train.metrics import MetricWriter, Progress, format_duration
-from research.train.cli import save_config
+from research.train.outputs import Outputs, save_config
 
 BATCH = 16
 METRIC_KEYS = {'d_loss', 'g_loss', 'd_real_logit', 'd_fake_logit', 'examples_per_s'}
@@ -71,6 +71,15 @@ def read_tensorboard(workdir):
     return tags
 
 
+def schedule(steps, log_every, checkpoint_every, **more):
+    return dict(steps=steps, log_every=log_every, checkpoint_every=checkpoint_every, **more)
+
+
+def start_at(state):
+    """init(key) for the loop that ignores the key: every test run starts from `state`."""
+    return lambda key: state
+
+
 def checkpoint_steps(workdir):
     directory = os.path.join(workdir, 'checkpoints')
     return sorted(os.listdir(directory)) if os.path.isdir(directory) else []
@@ -87,20 +96,21 @@ def runs(mlp_gan, pipeline, tmp_path_factory):
     straight, resumed = tmp_path_factory.mktemp('straight'), tmp_path_factory.mktemp('resumed')
     hook_calls = []
 
-    def hook(step, state):
+    def hook(step, state, out):
         hook_calls.append((step, int(state.step)))
         return {'score': step / 2, 'grid': np.full((4, 6, 1), step, np.uint8)}
 
-    common = dict(step_fn=mlp_gan.step, pipeline=pipeline, mesh=one_device_mesh(), log_every=2,
-                  checkpoint_every=2)
-    final = train(workdir=str(straight), state=mlp_gan.fresh_state(), num_steps=6,
-                  hooks=(Hook(4, hook),), **common)
-    first = train(workdir=str(resumed), state=mlp_gan.fresh_state(), num_steps=4, **common)
+    common = dict(step=mlp_gan.step, pipeline=pipeline, mesh=one_device_mesh())
+    final = train(schedule(6, 2, 2), workdir=str(straight), init=start_at(mlp_gan.fresh_state()),
+                  hooks=[Every(4, hook)], final=[hook], **common)
+    first = train(schedule(4, 2, 2), workdir=str(resumed), init=start_at(mlp_gan.fresh_state()),
+                  **common)
     first = jax.device_get(first)
     first_records = read_jsonl(resumed)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):  # Progress writes to sys.stdout
-        second = train(workdir=str(resumed), state=mlp_gan.fresh_state(), num_steps=6, **common)
+        second = train(schedule(6, 2, 2), workdir=str(resumed),
+                       init=start_at(mlp_gan.fresh_state()), **common)
     return types.SimpleNamespace(
         straight=str(straight), resumed=str(resumed), final=jax.device_get(final),
         first=first, first_records=first_records, second=jax.device_get(second),
@@ -131,9 +141,9 @@ def test_train_feeds_batch_i_to_step_i(runs, mlp_gan, pipeline):
 def test_checkpoints_every_n_steps_and_at_the_end(runs, mlp_gan, pipeline, tmp_path):
     assert checkpoint_steps(runs.straight) == ['2', '4', '6']
     # 5 is not a multiple of checkpoint_every=2, but the last step is always saved.
-    train(workdir=str(tmp_path), state=mlp_gan.fresh_state(), step_fn=mlp_gan.step,
-          pipeline=pipeline, mesh=one_device_mesh(), num_steps=5, log_every=2, checkpoint_every=2,
-          max_to_keep=2)
+    train(schedule(5, 2, 2, max_to_keep=2), workdir=str(tmp_path),
+          init=start_at(mlp_gan.fresh_state()), step=mlp_gan.step, pipeline=pipeline,
+          mesh=one_device_mesh())
     assert checkpoint_steps(tmp_path) == ['4', '5']
 
 
@@ -189,17 +199,123 @@ def test_finished_run_only_runs_the_end_hooks(runs, mlp_gan, pipeline, tmp_path)
     workdir = tmp_path / 'copy'
     shutil.copytree(runs.straight, workdir)
     calls = []
-    hook = Hook(4, lambda step, state: calls.append((step, int(state.step))))
+    hook = lambda step, state, out: calls.append((step, int(state.step)))
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        state = train(workdir=str(workdir), state=mlp_gan.fresh_state(), step_fn=mlp_gan.step,
-                      pipeline=pipeline, mesh=one_device_mesh(), num_steps=6, log_every=2,
-                      checkpoint_every=2, hooks=(hook,))
-    assert 'already trained 6 >= 6 steps; running the end hooks' in out.getvalue()
+        state = train(schedule(6, 2, 2), workdir=str(workdir), init=start_at(mlp_gan.fresh_state()),
+                      step=mlp_gan.step, pipeline=pipeline, mesh=one_device_mesh(),
+                      hooks=[Every(4, hook)], final=[hook])
+    assert 'already trained 6 >= 6 steps; running the final hooks' in out.getvalue()
     assert 'compiled' not in out.getvalue()
     assert calls == [(6, 6)]
     assert_bit_identical(state, runs.final)
     assert read_jsonl(workdir) == read_jsonl(runs.straight)
+
+
+# The loop's contract: init compiled from the seed, periodic hooks never at the last step, final
+# hooks after it (and again on a finished run, their values replacing the earlier ones), outputs
+# on process 0, pipelines that say what they are.
+
+def test_init_is_compiled_once_from_prng_key_of_the_seed(mlp_gan, pipeline, tmp_path):
+    traced = []
+
+    def init(key, offset):
+        traced.append(isinstance(key, jax.core.Tracer))
+        state = mlp_gan.fresh_state()
+        return state.replace(rng=key, g_ema=jax.tree.map(lambda p: p + offset, state.g_ema))
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        state = train(schedule(1, 1, 1), workdir=str(tmp_path), init=init, init_args=(0.5,),
+                      seed=7, step=lambda state, batch: (state, {'loss': jnp.zeros(())}),
+                      pipeline=pipeline, mesh=one_device_mesh())
+    assert traced == [True]
+    np.testing.assert_array_equal(state.rng, jax.random.PRNGKey(7))
+    np.testing.assert_array_equal(state.g_ema['Dense_0']['bias'],
+                                  mlp_gan.state.g_ema['Dense_0']['bias'] + 0.5)
+
+
+def test_periodic_hooks_skip_the_last_step_which_the_final_hooks_have(mlp_gan, pipeline,
+                                                                      tmp_path):
+    calls = []
+    every = lambda step, state, out: calls.append(('every', step))
+    last = lambda step, state, out: calls.append(('final', step)) or {'score': 1.0}
+    with contextlib.redirect_stdout(io.StringIO()):
+        train(schedule(6, 2, 6), workdir=str(tmp_path), init=start_at(mlp_gan.fresh_state()),
+              step=mlp_gan.step, pipeline=pipeline, mesh=one_device_mesh(),
+              hooks=[Every(2, every), Every(3, every)], final=[last, last])
+    assert calls == [('every', 2), ('every', 3), ('every', 4), ('final', 6), ('final', 6)]
+    # Each final hook's record replaces the one before it at that step: one score remains.
+    assert [(r['step'], r['score']) for r in read_jsonl(tmp_path) if 'score' in r] == [(6, 1.0)]
+
+
+def test_a_finished_run_logs_its_final_hooks_again_replacing_their_values(runs, mlp_gan,
+                                                                           pipeline, tmp_path):
+    workdir = tmp_path / 'copy'
+    shutil.copytree(runs.straight, workdir)
+    before = read_jsonl(workdir)
+    assert [(r['step'], r['score']) for r in before if 'score' in r] == [(4, 2.0), (6, 3.0)]
+    with contextlib.redirect_stdout(io.StringIO()):
+        train(schedule(6, 2, 2), workdir=str(workdir), init=start_at(mlp_gan.fresh_state()),
+              step=mlp_gan.step, pipeline=pipeline, mesh=one_device_mesh(),
+              final=[lambda step, state, out: {'score': 7.5}])
+    after = read_jsonl(workdir)
+    assert [(r['step'], r['score']) for r in after if 'score' in r] == [(4, 2.0), (6, 7.5)]
+    assert [r for r in after if 'score' not in r] == [r for r in before if 'score' not in r]
+
+
+def test_schedule_comes_from_the_train_config():
+    config = ml_collections.ConfigDict({'batch_size': 16, 'steps': 8, 'log_every': 2,
+                                        'checkpoint_every': 4, 'steps_per_dispatch': 2})
+    assert Schedule.of(config) == Schedule(steps=8, log_every=2, checkpoint_every=4,
+                                           steps_per_dispatch=2, max_to_keep=3)
+    with pytest.raises(ValueError, match='the train config lacks checkpoint_every'):
+        Schedule.of({'steps': 8, 'log_every': 2})
+    with pytest.raises(ValueError, match=r"train.log_every must be an integer >= 1, got 2\.5"):
+        Schedule.of({'steps': 8, 'log_every': 2.5, 'checkpoint_every': 4})
+
+
+class BatchesOnly:
+    """A pipeline with batches but no arrays/indices: fine for single steps, not fused ones."""
+    global_batch = BATCH
+
+    def batch(self, step):
+        return {'image': random_images(BATCH, seed=step)}
+
+
+def test_pipelines_are_checked_against_their_protocols(mlp_gan, tmp_path):
+    run = lambda pipeline, **more: train(schedule(2, 2, 2, **more), workdir=str(tmp_path),
+                                         init=start_at(mlp_gan.fresh_state()), step=mlp_gan.step,
+                                         pipeline=pipeline, mesh=one_device_mesh())
+    with pytest.raises(TypeError, match='list is not a research.data.Pipeline: it needs '
+                                        r'global_batch and batch\(step\)'):
+        run([])
+    with pytest.raises(TypeError, match=r'steps_per_dispatch=2 gathers each batch on the device '
+                                        r'.*BatchesOnly lacks arrays and indices'):
+        run(BatchesOnly(), steps_per_dispatch=2)
+    with contextlib.redirect_stdout(io.StringIO()):
+        state = run(BatchesOnly())
+    assert int(state.step) == 2
+
+
+def test_outputs_write_on_process_zero_only(tmp_path):
+    image = np.full((3, 4, 1), 7, np.uint8)
+    for enabled, root in ((True, tmp_path / 'writer'), (False, tmp_path / 'other')):
+        out = Outputs(str(root), enabled=enabled)
+        assert out.png('samples/a.png', image, scale=1) is image
+        out.npz('s.npz', images=image[None])
+        out.json('r.json', {'a': 1})
+        out.text('deep/t.txt', 'hello')
+        out.bytes('b.bin', b'\x00\x01')
+    writer = tmp_path / 'writer'
+    assert sorted(str(p.relative_to(writer)) for p in writer.rglob('*') if p.is_file()) == [
+        'b.bin', 'deep/t.txt', 'r.json', 's.npz', 'samples/a.png']
+    with Image.open(writer / 'samples' / 'a.png') as png:
+        np.testing.assert_array_equal(np.asarray(png), image[..., 0])
+    with np.load(writer / 's.npz') as npz:
+        np.testing.assert_array_equal(npz['images'], image[None])
+    assert Outputs(str(writer)).existing_json('r.json') == {'a': 1}
+    assert Outputs(str(writer)).existing_json('absent.json') is None
+    assert not (tmp_path / 'other').exists()
 
 
 # Metrics and hooks.
@@ -275,9 +391,9 @@ def test_eight_devices_match_one_device_mlp(pipeline, tmp_path):
     for mesh in (one_device_mesh(), mesh_lib.data_mesh()):
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
-            state = train(workdir=str(tmp_path / str(mesh.size)), state=gan.fresh_state(),
-                          step_fn=gan.step, pipeline=pipeline, mesh=mesh, num_steps=3,
-                          log_every=3, checkpoint_every=3)
+            state = train(schedule(3, 3, 3), workdir=str(tmp_path / str(mesh.size)),
+                          init=start_at(gan.fresh_state()), step=gan.step, pipeline=pipeline,
+                          mesh=mesh)
         assert f'{mesh.size} device(s), global batch 16' in out.getvalue()
         leaf = state.d_params['Dense_0']['kernel']
         assert len(leaf.sharding.device_set) == mesh.size  # replicated over the mesh
@@ -309,20 +425,20 @@ def test_batch_not_divisible_by_devices(mlp_gan, tmp_path):
     mesh = mesh_lib.data_mesh()
     pipeline = BatchPipeline({'image': random_images(64)}, 12, seed=0)
     with pytest.raises(ValueError, match='batch size 12 must divide evenly over the 8 devices'):
-        train(workdir=str(tmp_path), state=mlp_gan.fresh_state(), step_fn=mlp_gan.step,
-              pipeline=pipeline, mesh=mesh, num_steps=2, log_every=1, checkpoint_every=1)
+        train(schedule(2, 1, 1), workdir=str(tmp_path), init=start_at(mlp_gan.fresh_state()),
+              step=mlp_gan.step, pipeline=pipeline, mesh=mesh)
     with pytest.raises(ValueError) as e:
         mesh_lib.jit_step(mlp_gan.step, mesh)(mlp_gan.fresh_state(),
                                               {'image': jnp.asarray(random_images(12))})
     assert re.search(r'\b12\b', str(e.value)) and re.search(r'\b8\b', str(e.value))
 
 
-@pytest.mark.parametrize('name', ['num_steps', 'log_every', 'checkpoint_every'])
+@pytest.mark.parametrize('name', ['steps', 'log_every', 'checkpoint_every'])
 def test_train_rejects_non_positive_schedule(name, mlp_gan, pipeline, tmp_path):
-    schedule = {'num_steps': 2, 'log_every': 1, 'checkpoint_every': 1, name: 0}
-    with pytest.raises(ValueError, match=f'{name} must be >= 1, got 0'):
-        train(workdir=str(tmp_path), state=mlp_gan.state, step_fn=mlp_gan.step,
-              pipeline=pipeline, mesh=one_device_mesh(), **schedule)
+    config = {**schedule(2, 1, 1), name: 0}
+    with pytest.raises(ValueError, match=f'train.{name} must be an integer >= 1, got 0'):
+        train(config, workdir=str(tmp_path), init=start_at(mlp_gan.state), step=mlp_gan.step,
+              pipeline=pipeline, mesh=one_device_mesh())
 
 
 # Non-finite values.
@@ -338,10 +454,10 @@ def nan_loss_step(mlp_gan):
 
 
 def test_nan_loss_stops_at_the_last_good_checkpoint(nan_loss_step, mlp_gan, pipeline, tmp_path):
-    common = dict(workdir=str(tmp_path), pipeline=pipeline, mesh=one_device_mesh(),
-                  log_every=1, checkpoint_every=2)
+    common = dict(workdir=str(tmp_path), pipeline=pipeline, mesh=one_device_mesh())
     with pytest.raises(NonFiniteLossError) as e:
-        train(state=mlp_gan.fresh_state(), step_fn=nan_loss_step, num_steps=6, **common)
+        train(schedule(6, 1, 2), init=start_at(mlp_gan.fresh_state()), step=nan_loss_step,
+              **common)
     # Steps are counted from 1 as in the log: the step that starts from state.step 3 is step 4.
     assert str(e.value) == (
         'non-finite loss at step 4: d_loss=nan; stopping the run: the last good checkpoint '
@@ -350,7 +466,8 @@ def test_nan_loss_stops_at_the_last_good_checkpoint(nan_loss_step, mlp_gan, pipe
     assert [r['step'] for r in read_jsonl(tmp_path)] == [1, 2, 3]
 
     # Resuming with a fixed step goes back to step 2 and drops the records logged after it.
-    state = train(state=mlp_gan.fresh_state(), step_fn=mlp_gan.step, num_steps=4, **common)
+    state = train(schedule(4, 1, 2), init=start_at(mlp_gan.fresh_state()), step=mlp_gan.step,
+                  **common)
     assert int(state.step) == 4
     assert [r['step'] for r in read_jsonl(tmp_path)] == [1, 2, 3, 4]
     assert checkpoint_steps(tmp_path) == ['2', '4']
@@ -360,9 +477,8 @@ def test_nan_loss_before_any_checkpoint(nan_loss_step, mlp_gan, pipeline, tmp_pa
     # One 6-step window, good steps 1..3 and bad steps 4..6: the first bad step is named.
     with pytest.raises(NonFiniteLossError, match=re.escape(
             'non-finite loss at step 4: d_loss=nan; stopping the run: no checkpoint was saved')):
-        train(workdir=str(tmp_path), state=mlp_gan.fresh_state(), step_fn=nan_loss_step,
-              pipeline=pipeline, mesh=one_device_mesh(), num_steps=6, log_every=6,
-              checkpoint_every=6)
+        train(schedule(6, 6, 6), workdir=str(tmp_path), init=start_at(mlp_gan.fresh_state()),
+              step=nan_loss_step, pipeline=pipeline, mesh=one_device_mesh())
     assert checkpoint_steps(tmp_path) == []
     assert read_jsonl(tmp_path) == []
 
@@ -378,9 +494,8 @@ def test_non_finite_state_is_never_saved(mlp_gan, pipeline, tmp_path):
     with pytest.raises(NonFiniteLossError, match=re.escape(
             'non-finite values in the train state at step 4; stopping the run: the last good '
             f'checkpoint is step 2 in {tmp_path}/checkpoints')):
-        train(workdir=str(tmp_path), state=mlp_gan.fresh_state(), step_fn=step,
-              pipeline=pipeline, mesh=one_device_mesh(), num_steps=6, log_every=2,
-              checkpoint_every=2)
+        train(schedule(6, 2, 2), workdir=str(tmp_path), init=start_at(mlp_gan.fresh_state()),
+              step=step, pipeline=pipeline, mesh=one_device_mesh())
     assert checkpoint_steps(tmp_path) == ['2']
 
 

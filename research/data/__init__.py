@@ -19,16 +19,18 @@ from research.data.datasets import (
 )
 from research.data.idx import IdxError, read_idx, write_idx
 from research.data.pipeline import BatchPipeline, IndexedPipeline, Pipeline
-from research.data.text import (CorpusUnavailableError, Vocab, WindowPipeline, check_vocab,
-                                eval_windows, load_corpus, split_tokens, vocab_record)
+from research.data.text import (CorpusChangedError, CorpusUnavailableError, Vocab, WindowPipeline,
+                                check_vocab, eval_windows, load_corpus, split_tokens,
+                                vocab_record)
 from research.data.tfds_probe import tfds_available
-from research.data.train_eval import load_train_eval
+from research.data.train_eval import describe, load_splits, load_train_eval
 from research.data.transforms import binarize, hold_out, images_to_float
 
 __all__ = [
     'DATASETS',
     'SPLITS',
     'BatchPipeline',
+    'CorpusChangedError',
     'CorpusUnavailableError',
     'Dataset',
     'DatasetUnavailableError',
@@ -41,12 +43,14 @@ __all__ = [
     'WindowPipeline',
     'binarize',
     'check_vocab',
+    'describe',
     'env_var',
     'eval_windows',
     'hold_out',
     'images_to_float',
     'load',
     'load_corpus',
+    'load_splits',
     'load_train_eval',
     'lookup',
     'read_idx',

@@ -112,13 +112,17 @@ def vocab_record(vocab: Vocab, text: str, source: str) -> dict:
             'corpus_sha256': hashlib.sha256(text.encode('utf-8')).hexdigest(), 'source': source}
 
 
+class CorpusChangedError(ValueError):
+    """A resumed run was given another corpus than the one its workdir started with."""
+
+
 def check_vocab(saved: dict, record: dict, path: str) -> None:
-    """Raises if `record` (this run's corpus) is not the `saved` one read from `path`: another
-    vocabulary would silently reinterpret every token id of the checkpoint, another text with
-    the same characters would shift the train/validation split."""
+    """Raises CorpusChangedError if `record` (this run's corpus) is not the `saved` one read
+    from `path`: another vocabulary would silently reinterpret every token id of the checkpoint,
+    another text with the same characters would shift the train/validation split."""
     for key in ('chars', 'corpus_chars', 'corpus_sha256'):
         if saved.get(key) != record[key]:
-            raise ValueError(
+            raise CorpusChangedError(
                 f'{path}: the corpus differs from the one this run started with ({key} '
                 f'{saved.get(key)!r} -> {record[key]!r}; then from {saved.get("source")}, '
                 f'now from {record["source"]}); use a new workdir or the original corpus')

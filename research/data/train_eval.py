@@ -42,7 +42,29 @@ def load_train_eval(name: str, *, train_split: str = 'train', train_dir: str = '
         logging.warning('%s/%s is not available from any source (%s); evaluating on %d '
                         'held-out training examples instead, reported as "heldout"',
                         name, eval_split, '; '.join(tried), heldout)
-        return train, evaluation, 'heldout'
+        return _logged(train, evaluation, 'heldout')
     if train.source == evaluation.source and train_split == eval_split:
         raise ValueError(f'train and evaluation data are the same: {train.source}')
-    return train, evaluation, 'test'
+    return _logged(train, evaluation, 'test')
+
+
+def load_splits(section, seed: int) -> tuple[Split, Split, str]:
+    """`load_train_eval` as an experiment's config names it: a data section with `name` and any
+    of train_split, train_dir, test_split, test_dir, heldout (their defaults otherwise)."""
+    get = lambda key, default: section[key] if key in section else default
+    return load_train_eval(section['name'], train_split=get('train_split', 'train'),
+                           train_dir=get('train_dir', ''), eval_split=get('test_split', 'test'),
+                           eval_dir=get('test_dir', ''), heldout=get('heldout', 0), seed=seed)
+
+
+def describe(train: Split, evaluation: Split, name: str) -> dict:
+    """Where a result's data came from, for its JSON: the evaluation split's name ('test' or
+    'heldout'), each split's source and size."""
+    return {'evaluated_on': name, 'train_source': train.source, 'test_source': evaluation.source,
+            'train_examples': len(train.labels), 'test_examples': len(evaluation.labels)}
+
+
+def _logged(train: Split, evaluation: Split, name: str) -> tuple[Split, Split, str]:
+    logging.info('train: %d images from %s; %s: %d images from %s', len(train.labels),
+                 train.source, name, len(evaluation.labels), evaluation.source)
+    return train, evaluation, name

@@ -9,13 +9,12 @@ dropped); the counting is plain numpy on the host, so every number here is exact
 A class never predicted has precision 0 (and F1 0), not NaN: sklearn's `zero_division=0`, so a
 collapsed classifier shows up as a low macro F1 rather than as a missing number.
 """
-import json
-import os
+import io
 
 import jax
 import numpy as np
 
-from research import files
+from research import data
 from research.evals.evaluator import DatasetEvaluator
 from research.objectives.classifier import make_predict_fn
 
@@ -29,6 +28,15 @@ def make_classifier_evaluator(model, batch_size: int, mesh=None):
         return evaluator(params, images, key).astype(np.int64)
 
     return predict
+
+
+def accuracy_hook(predict, test, name: str):
+    """A loop hook: {'NAME/accuracy': accuracy of predict(params, images) on the whole `test`
+    split (a data.Split)}, for a state with `params`."""
+    def hook(step, state, out):
+        return {f'{name}/accuracy': float(np.mean(predict(state.params, test.images)
+                                                   == test.labels))}
+    return hook
 
 
 def confusion_matrix(labels, predictions, num_classes: int) -> np.ndarray:
@@ -78,8 +86,8 @@ def metrics_as_json(metrics: dict, class_names) -> dict:
             'confusion': metrics['confusion'].tolist()}
 
 
-def confusion_png(matrix: np.ndarray, class_names, path: str, title: str = '') -> None:
-    """Writes the confusion matrix as a PNG: rows true, columns predicted, each cell its count,
+def confusion_png(matrix: np.ndarray, class_names, title: str = '') -> bytes:
+    """The confusion matrix as PNG bytes: rows true, columns predicted, each cell its count,
     shaded by the fraction of its row so that classes of different sizes read alike."""
     import matplotlib  # only when a picture is asked for: slow to import
     matplotlib.use('Agg')  # no display on a server; must precede pyplot
@@ -103,27 +111,25 @@ def confusion_png(matrix: np.ndarray, class_names, path: str, title: str = '') -
         if title:
             ax.set_title(title, fontsize=9)
         fig.tight_layout()
-        files.makedirs(os.path.dirname(files.absolute(path)))
-        with files.open(path, 'wb') as f:
-            fig.savefig(f, format='png')
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format='png')
+        return buffer.getvalue()
     finally:
         plt.close(fig)
 
 
-def write_report(workdir: str, train, test, predictions, class_names, *, name: str, step: int,
+def write_report(out, train, test, predictions, class_names, *, name: str, step: int,
                  title: str, extra: dict | None = None) -> dict:
     """The end of a classifier run: prints the final line, writes classification.json (every
-    metric, where the data came from, `extra`) and confusion.png (process 0); returns the
-    metrics."""
+    metric, where the data came from, `extra`) and confusion.png through `out`
+    (research.train.outputs.Outputs); returns the metrics."""
     scores = classification_metrics(test.labels, predictions, len(class_names))
-    report = {**metrics_as_json(scores, class_names), 'step': step, 'evaluated_on': name,
-              'train_source': train.source, 'train_examples': len(train.labels),
-              'test_source': test.source, 'test_examples': len(test.labels), **(extra or {})}
-    print(f'final ({name}, {len(test.labels)} examples, step {step}): accuracy '
-          f'{scores["accuracy"]:.4f}, macro F1 {scores["macro_f1"]:.4f}', flush=True)
-    if jax.process_index() == 0:
-        confusion_png(scores['confusion'], class_names, os.path.join(workdir, 'confusion.png'),
-                      title=f'{title}: accuracy {scores["accuracy"]:.4f}')
-        with files.open(os.path.join(workdir, 'classification.json'), 'w') as f:
-            json.dump(report, f, indent=2)
+    report = {**metrics_as_json(scores, class_names), 'step': step,
+              **data.describe(train, test, name), **(extra or {})}
+    out.print(f'final ({name}, {len(test.labels)} examples, step {step}): accuracy '
+              f'{scores["accuracy"]:.4f}, macro F1 {scores["macro_f1"]:.4f}')
+    if out.enabled:  # drawing the picture takes matplotlib a second: only where it is written
+        out.bytes('confusion.png', confusion_png(
+            scores['confusion'], class_names, title=f'{title}: accuracy {scores["accuracy"]:.4f}'))
+    out.json('classification.json', report)
     return scores

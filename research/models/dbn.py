@@ -85,7 +85,7 @@ def generate(layers, key, *, n: int, gibbs_steps: int, snapshot_every: int = 0,
 def classifier_params(layers, head) -> dict:
     """The DBN's recognition weights as `MLPClassifier(activation='sigmoid')` parameters.
 
-    The classifier reads images x in [-1, 1] (research.objectives.classifier.images_to_float);
+    The classifier reads images x in [-1, 1] (research.data.images_to_float);
     the first RBM was trained on pixels v = (x + 1) / 2 in [0, 1]. Since
     v W + b = x (W / 2) + (b + sum_i W_i / 2), the first layer absorbs that change of scale
     exactly, and every hidden unit of the MLP computes the DBN's p(h | v). `head` is the

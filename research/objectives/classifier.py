@@ -1,4 +1,4 @@
-"""Classifier training: the train state, augmentation inside the step, and the pure step.
+"""Classifier training: augmentation inside the step, and the pure step (its state: state.py).
 
 The loss is the mean softmax cross-entropy of the integer labels. Augmentation runs on the device,
 inside the jitted step, from the step's own key (fold_in(rng, step)), so a batch and its
@@ -15,15 +15,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from research.data import images_to_float
 from research.objectives.state import TrainState, init_train_state
 
 AUGMENTATIONS = ('none', 'shift', 'shift_flip')
 MAX_SHIFT = 2
-
-
-def images_to_float(images):
-    """uint8 [0, 255] -> float32 [-1, 1], the classifiers' input range."""
-    return images.astype(jnp.float32) / 127.5 - 1.0
 
 
 def check_augment(augment: str) -> None:

@@ -6,12 +6,18 @@ Hinton, Osindero & Teh (2006). The step below does that pass inside the jitted s
 same uint8 image batches for every layer, so a layer costs one more product per layer beneath
 it and no (N, H) array of features is ever stored, and the pixels can be binarized afresh for
 every batch (a new draw each step) without the layers above seeing a fixed sample.
+
+`init_layer_state` starts a layer from the base rate of what it will see; `init_finetune_state`
+turns the trained stack into the sigmoid MLP that fine-tuning starts from.
 """
 import jax
 import jax.numpy as jnp
 
 from research.models import dbn as dbn_lib
-from research.objectives.rbm import make_cd_step
+from research.models import rbm as rbm_lib
+from research.objectives.classifier import init_classifier_state
+from research.objectives.rbm import init_rbm_state, make_cd_step
+from research.objectives.state import TrainState
 
 _BINARIZE = 1  # fold_in stream of the pixel draws; CD's own keys come from split(fold_in(...))
 
@@ -19,6 +25,28 @@ _BINARIZE = 1  # fold_in stream of the pixel draws; CD's own keys come from spli
 def pixels(images):
     """uint8 (B, H, W, C) -> float32 (B, H*W*C) in [0, 1]: grey levels as probabilities."""
     return images.reshape(images.shape[0], -1).astype(jnp.float32) / 255.0
+
+
+def init_layer_state(key, layer: int, sizes, marginals, *, n_chains: int):
+    """Layer `layer`'s RBM (sizes[layer] visible, sizes[layer + 1] hidden units) at step 0:
+    weights from fold_in(key, layer), visible biases at the base rate of `marginals` (the mean of
+    the data the layer will see: the up-passed training pixels), and `n_chains` persistent
+    chains."""
+    key = jax.random.fold_in(key, layer)
+    params = rbm_lib.init_rbm(key, sizes[layer], sizes[layer + 1],
+                              visible_bias=rbm_lib.marginal_bias(marginals))
+    return init_rbm_state(jax.random.fold_in(key, 1), params, n_chains=n_chains)
+
+
+def init_finetune_state(key, model, tx, image_shape, layers) -> TrainState:
+    """The classifier state that fine-tuning starts from: `model` (a sigmoid MLPClassifier of
+    the DBN's sizes) initialised at random, then, given `layers`, every hidden layer set to the
+    DBN's recognition weights (research.models.dbn.classifier_params) and `tx` started anew."""
+    state = init_classifier_state(key, model, tx, image_shape)
+    if not layers:
+        return state
+    params = dbn_lib.classifier_params(layers, state.params['head'])
+    return state.replace(params=params, opt_state=tx.init(params))
 
 
 def make_layer_step(lower_layers, *, binarize: bool, **cd_kwargs):

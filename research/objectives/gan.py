@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from research.objectives.classifier import images_to_float  # TODO(restructure): data's
+from research.data import images_to_float
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,8 +6,10 @@
              (Salimans et al. 2017, one mixture component). A proper probability over the 256
              levels, so its nats compare with any other discrete model of the same pixels.
 
-`target(name, images, key, dynamic)` turns a uint8 batch into what the likelihood scores (for
-bernoulli: a fresh binarization when `dynamic`, else the pixels must already be 0 or 255);
+`prepare_images` gives the training and evaluation sets as the likelihood needs them (the
+evaluation set binarized once, from a seed, for bernoulli); `target(name, images, key, dynamic)`
+turns a uint8 batch into what the likelihood scores (for bernoulli: a fresh binarization when
+`dynamic`, else the pixels must already be 0 or 255);
 `log_prob(name, out, x)` is log p(x | out) summed over pixels, shape (B,); `mean_image` gives
 uint8 pictures of the decoder's mean, for grids and exported samples.
 """

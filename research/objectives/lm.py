@@ -1,5 +1,6 @@
-"""Character language modelling: the train state, the pure next-character step, the optimizer,
-per-window log-likelihoods for exact evaluation, and generation as one jitted `lax.scan`.
+"""Character language modelling: the pure next-character step (its state: state.py, its optimizer:
+optim.py), per-window log-likelihoods for exact evaluation, and generation as one jitted
+`lax.scan`.
 
 A batch is {'tokens': int32 (B, T + 1)}: inputs are tokens[:, :-1], targets tokens[:, 1:]. The
 loss is the mean next-character cross-entropy in nats. Dropout draws from fold_in(rng, step), so

@@ -26,6 +26,7 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
+import optax
 
 from research.models import rbm as rbm_lib
 from research.numerics import softplus
@@ -118,6 +119,17 @@ def monitors(params, v, key, visible: str = 'bernoulli') -> dict:
     if visible == 'bernoulli':
         values['pseudo_likelihood'] = jnp.mean(pseudo_likelihood(params, v, key))
     return values
+
+
+LR_DECAYS = ('none', 'linear')
+
+
+def learning_rate(lr: float, decay: str, steps: int):
+    """The step's `lr`: constant ('none'), or decayed linearly to 0 at `steps` ('linear': Tieleman
+    (2008) decays PCD's rate so that the final parameters settle)."""
+    if decay not in LR_DECAYS:
+        raise ValueError(f"rbm.lr_decay must be 'none' or 'linear', got {decay!r}")
+    return optax.linear_schedule(lr, 0.0, steps) if decay == 'linear' else lr
 
 
 def make_cd_step(*, k: int = 1, persistent: bool = False, lr: float, momentum: float = 0.0,

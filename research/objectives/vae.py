@@ -1,4 +1,4 @@
-"""VAE bounds, the VAE train state and the pure train step.
+"""VAE bounds and the pure train step (its state: research/objectives/state.py).
 
 For an image x with posterior q(z|x) = N(mean, diag(exp(logvar))) and prior p(z) = N(0, I):
 

@@ -1,48 +1,20 @@
 """The command line of every experiment: --config, --workdir, --debug, and the absl main.
 
-Also the run's config in the workdir (config.json), so a resumed run says what changed since it
-started.
+    if __name__ == '__main__':  # flags only when run, not when loaded as a config file
+        define_flags(__file__, 'runs/NAME[_PRESET]')
+        app.run(experiment_main('NAME', run, check_config))
+
+A bad config, dataset or multi-process setup stops with one FATAL line that names it, before
+anything runs; a run's own workdir files (config.json, ...) are research.train.outputs'.
 """
-import json
 import os
 import sys
 
 import jax
 from absl import logging
 
-from research import files
+from research import data
 from research.train import distributed
-
-
-def _flatten(tree: dict, prefix: str = '') -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f'{prefix}{key}.'))
-        else:
-            flat[f'{prefix}{key}'] = value
-    return flat
-
-
-def save_config(config, workdir: str) -> dict:
-    """Writes workdir/config.json; returns {key: (old, new)} for keys changed since last time."""
-    path = os.path.join(workdir, 'config.json')
-    new = json.loads(config.to_json())
-    changed = {}
-    if files.exists(path):
-        with files.open(path) as f:
-            old = _flatten(json.load(f))
-        flat_new = _flatten(new)
-        changed = {k: (old.get(k), flat_new.get(k)) for k in old.keys() | flat_new.keys()
-                   if old.get(k) != flat_new.get(k)}
-        for key, (was, now) in sorted(changed.items()):
-            logging.warning('config.%s changed since this workdir was started: %r -> %r',
-                            key, was, now)
-    if jax.process_index() == 0:
-        files.makedirs(workdir)
-        with files.open(path, 'w') as f:
-            json.dump(new, f, indent=2)
-    return changed
 
 
 def check_preset(experiment: str, preset: str, presets) -> None:
@@ -83,8 +55,9 @@ def enable_debug() -> None:
 
 
 def experiment_main(name: str, run, check_config=None):
-    """The absl `main` of an experiment: --workdir defaults to runs/NAME[_PRESET], and a config
-    that `check_config` rejects stops with its message (not a traceback) before anything runs."""
+    """The absl `main` of an experiment: --workdir defaults to runs/NAME[_PRESET]; a config that
+    `check_config` rejects, data that no source has and a workdir made with another corpus stop
+    with their message (not a traceback)."""
     from absl import app, flags
 
     def main(argv):
@@ -104,6 +77,9 @@ def experiment_main(name: str, run, check_config=None):
             distributed.initialize_if_requested()
         except ValueError as e:
             sys.exit(f'FATAL bad multi-process setup: {e}')
-        run(config, workdir)
+        try:
+            run(config, workdir)
+        except (data.DatasetUnavailableError, data.CorpusChangedError) as e:
+            sys.exit(f'FATAL {e}')
 
     return main

@@ -11,7 +11,19 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from research.data import IndexedPipeline
 from research.train import mesh as mesh_lib
+
+
+def check_pipeline(pipeline, steps_per_dispatch: int) -> None:
+    """Fused steps gather each batch on the device: the pipeline must say how (its arrays and
+    indices(step), research.data.IndexedPipeline)."""
+    if not isinstance(pipeline, IndexedPipeline):
+        missing = [name for name in ('arrays', 'indices') if not hasattr(pipeline, name)]
+        raise TypeError(f'steps_per_dispatch={steps_per_dispatch} gathers each batch on the '
+                        f'device from the pipeline\'s arrays and indices(step) (research.data.'
+                        f'IndexedPipeline); {type(pipeline).__name__} lacks '
+                        f'{" and ".join(missing) or "them"}')
 
 
 class FusedSteps:
@@ -20,6 +32,7 @@ class FusedSteps:
     def __init__(self, step_fn, pipeline, mesh, steps_per_dispatch: int):
         if steps_per_dispatch < 2:
             raise ValueError(f'FusedSteps needs steps_per_dispatch >= 2, got {steps_per_dispatch}')
+        check_pipeline(pipeline, steps_per_dispatch)
         self.k, self.pipeline, self.mesh = steps_per_dispatch, pipeline, mesh
         self.data = jax.device_put(pipeline.arrays, mesh_lib.replicated(mesh))
         self._index_sharding = NamedSharding(mesh, P(None, 'data'))

@@ -1,18 +1,36 @@
-"""The one training loop: it owns resumption, the step schedule, logging and checkpoints.
+"""The one training loop: an experiment brings the maths, the loop owns everything else.
 
-An experiment hands it an initial state, a pure `step(state, batch) -> (state, metrics)`, a
-`BatchPipeline` and periodic hooks (sample grids, evaluations, exports). The loop
+    state = loop.train(config.train, workdir=workdir, seed=config.seed, init=init, step=step,
+                       pipeline=pipeline, hooks=[loop.Every(500, evaluate)], final=[report])
 
-  * resumes from the latest checkpoint in `workdir/checkpoints` if there is one: same parameters,
-    optimizer state and RNG, and since a batch is a pure function of (seed, step), the same next
-    batch;
-  * compiles the step once, ahead of time, for the mesh (so a retrace is an error, not a slowdown);
-  * keeps per-step metrics on the device and fetches them only at logging steps, where it logs
-    their mean over the window and checks every step's losses for NaN/inf;
-  * saves a checkpoint every `checkpoint_every` steps and at the end, never of a non-finite state;
-  * on SIGTERM (what a preempted Cloud TPU VM or a `kill` sends) finishes the current step, saves
-    a checkpoint and exits with status 143 and a message; the same command then resumes. With
+The experiment gives `init(key) -> state` and a pure `step(state, batch) -> (state, metrics)`.
+The loop
+  * reads its schedule from config.train: `steps`, `log_every`, `checkpoint_every`, and
+    optionally `steps_per_dispatch` (K > 1: K steps per call, research.train.fused) and
+    `max_to_keep` (checkpoints kept, default 3); other keys (batch_size...) are the experiment's;
+  * compiles init, called as init(PRNGKey(seed), *init_args), and the step, once each, for a
+    one-axis `data` mesh over every device (state replicated, batch split); arrays that init
+    needs (data statistics, an earlier phase's parameters) come as `init_args`, so they are
+    arguments of the compiled init, not constants folded into it; with --debug (jit off) it runs
+    op by op;
+  * resumes from the latest checkpoint in workdir/checkpoints if there is one: same parameters,
+    optimizer state and RNG, and, since a batch is a pure function of (seed, step), the same
+    next batch;
+  * keeps per-step metrics on the device and fetches them at logging steps only, where it logs
+    their mean over the window (progress line, metrics.jsonl, TensorBoard) and checks every
+    step's values for NaN/inf;
+  * saves a checkpoint every `checkpoint_every` steps and after the last, never of a non-finite
+    state;
+  * on SIGTERM (a preempted Cloud TPU VM, a `kill`) finishes the step in flight, saves a
+    checkpoint and exits with status 143 and a message; the same command then resumes. With
     several processes they agree on the step through JAX's preemption sync point.
+
+Hooks are fn(step, state, out) -> dict | None, where `out` (research.train.outputs.Outputs)
+writes files on process 0 only. `Every(n, fn)` runs after every n-th step except the last. The
+final hooks run once after the last step, and again whenever the command is rerun on a finished
+run, so a periodic evaluation never repeats the final one. What a hook returns is logged at its
+step: scalars to metrics.jsonl, TensorBoard and the log (a final hook's values replace that
+step's earlier values of the same names), (H, W, C) uint8 images to TensorBoard.
 """
 import dataclasses
 import os
@@ -25,10 +43,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from research.train import mesh as mesh_lib, run_info
+from research.data import Pipeline
+from research.train import fused, mesh as mesh_lib, run_info
 from research.train.checkpoint import Checkpointer
-from research.train.fused import FusedSteps
 from research.train.metrics import MetricWriter, Progress
+from research.train.outputs import Outputs
+
+Hook = Callable[[int, Any, Outputs], 'dict | None']
 
 
 class NonFiniteLossError(RuntimeError):
@@ -44,6 +65,36 @@ class Preempted(SystemExit):
 
     def __str__(self) -> str:
         return self.message
+
+
+@dataclasses.dataclass(frozen=True)
+class Every:
+    """A periodic hook: fn(step, state, out) after every `steps`-th step but the last."""
+    steps: int
+    fn: Hook
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    steps: int
+    log_every: int
+    checkpoint_every: int
+    steps_per_dispatch: int = 1
+    max_to_keep: int = 3
+
+    @classmethod
+    def of(cls, config) -> 'Schedule':
+        """The loop's keys of config.train (a ConfigDict or a dict)."""
+        given = {f.name: config[f.name] for f in dataclasses.fields(cls) if f.name in config}
+        missing = [name for name in ('steps', 'log_every', 'checkpoint_every')
+                   if name not in given]
+        if missing:
+            raise ValueError(f'the train config lacks {", ".join(missing)}')
+        schedule = cls(**given)
+        for name, value in dataclasses.asdict(schedule).items():
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f'train.{name} must be an integer >= 1, got {value!r}')
+        return schedule
 
 
 class _Preemption:
@@ -70,17 +121,6 @@ class _Preemption:
     def close(self) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
-
-
-@dataclasses.dataclass
-class Hook:
-    """fn(step, state) every `every` steps (and after the last step if `at_end`).
-
-    It may return a dict of values to log (scalars, or (H, W, C) uint8 images for TensorBoard).
-    """
-    every: int
-    fn: Callable[[int, Any], dict | None]
-    at_end: bool = True
 
 
 @jax.jit
@@ -117,30 +157,54 @@ def _window_mean(window: list[tuple[int, dict]]) -> dict:
             for k in fetched[0]}
 
 
-def train(*, workdir: str, state, step_fn, pipeline, mesh, num_steps: int, log_every: int,
-          checkpoint_every: int, hooks: tuple[Hook, ...] = (), max_to_keep: int = 3,
-          steps_per_dispatch: int = 1):
-    """Runs (or resumes) training to `num_steps`; returns the final state.
-
-    `steps_per_dispatch` K > 1 keeps the dataset on the device and runs K steps per call
-    (research.train.fused): the same steps, fewer round trips from Python. Every interval
-    (num_steps, log_every, checkpoint_every, each hook's `every`) must then be a multiple of K.
-    """
-    k = steps_per_dispatch
-    for name, value in [('num_steps', num_steps), ('log_every', log_every),
-                        ('checkpoint_every', checkpoint_every), ('steps_per_dispatch', k)]:
-        if value < 1:
-            raise ValueError(f'{name} must be >= 1, got {value}')
-    for name, value in [('num_steps', num_steps), ('log_every', log_every),
-                        ('checkpoint_every', checkpoint_every),
-                        *[(f'hook {i} every', h.every) for i, h in enumerate(hooks)]]:
+def _check(schedule: Schedule, hooks, pipeline) -> None:
+    k = schedule.steps_per_dispatch
+    for name, value in [('train.steps', schedule.steps), ('train.log_every', schedule.log_every),
+                        ('train.checkpoint_every', schedule.checkpoint_every),
+                        *[(f'hook {i} every', h.steps) for i, h in enumerate(hooks)]]:
         if value % k:
             raise ValueError(f'{name}={value} is not a multiple of steps_per_dispatch={k}')
+    if not isinstance(pipeline, Pipeline):
+        raise TypeError(f'{type(pipeline).__name__} is not a research.data.Pipeline: it needs '
+                        'global_batch and batch(step)')
+    if k > 1:
+        fused.check_pipeline(pipeline, k)
+
+
+def _run_hook(fn, step: int, state, out, writer, progress, replace: bool = False) -> float:
+    """Calls one hook and logs what it returns; returns the seconds it took."""
+    t0 = time.perf_counter()
+    logged = fn(step, state, out) or {}
+    for name, image in logged.items():
+        if np.ndim(image) == 3:
+            writer.image(step, name, image)
+    scalars = {k: v for k, v in logged.items() if np.ndim(v) == 0}
+    if scalars:
+        writer.scalars(step, scalars, replace=replace)
+        progress.message(f'step {step}: ' + ', '.join(f'{k} {v:.4g}' for k, v in scalars.items()))
+    return time.perf_counter() - t0
+
+
+def train(config, *, workdir: str, init: Callable, step: Callable, pipeline, seed: int = 0,
+          init_args=(), hooks=(), final=(), mesh=None, outputs: Outputs | None = None):
+    """Runs (or resumes) training to config.steps, then the final hooks; returns the state.
+
+    `outputs` is what the hooks write through (default: Outputs(workdir)); a run made of several
+    loops, each in a subdirectory, passes its top-level one.
+    """
+    # ---- Schedule, mesh and input ------------------------------------------------------------
+    schedule = Schedule.of(config)
+    num_steps, k = schedule.steps, schedule.steps_per_dispatch
+    hooks, final = tuple(hooks), tuple(final)
+    _check(schedule, hooks, pipeline)
+    mesh = mesh_lib.data_mesh() if mesh is None else mesh
     mesh_lib.check_batch_size(pipeline.global_batch, mesh)
     batch_at = lambda at: mesh_lib.to_global_batch(pipeline.batch(at), mesh)  # global batch `at`
-    checkpoints = Checkpointer(os.path.join(workdir, 'checkpoints'), max_to_keep)
-    progress = Progress(num_steps)
 
+    # ---- State: the latest checkpoint, else init(PRNGKey(seed), *init_args) ----------------------
+    checkpoints = Checkpointer(os.path.join(workdir, 'checkpoints'), schedule.max_to_keep)
+    progress = Progress(num_steps)
+    state = jax.jit(init)(jax.random.PRNGKey(seed), *init_args)
     state = jax.device_put(state, mesh_lib.replicated(mesh))
     restored = checkpoints.restore_latest(state)
     if restored is not None:
@@ -151,40 +215,44 @@ def train(*, workdir: str, state, step_fn, pipeline, mesh, num_steps: int, log_e
     if start % k and start < num_steps:
         raise ValueError(f'the checkpoint in {checkpoints.directory} is at step {start}, not a '
                          f'multiple of steps_per_dispatch={k}: resume with a K that divides it')
+
+    # ---- Records: run_info.json, metrics.jsonl and TensorBoard, the hooks' files ----------------
     run_info.write_run_info(workdir, step=start)  # every (re)start: its time, code, hardware
     writer = MetricWriter(workdir, resume_step=start)
-    if start >= num_steps:
-        progress.message(f'already trained {start} >= {num_steps} steps; running the end hooks')
-        for hook in hooks:
-            if hook.at_end:
-                hook.fn(start, state)
-    elif jax.config.jax_disable_jit:  # --debug: op by op, so a debugger can step through it
-        if k > 1:
-            raise ValueError('--debug runs one step at a time: use steps_per_dispatch=1')
-        step = lambda state, at: step_fn(state, batch_at(at))
-        progress.message('jit is disabled: running the train step op by op')
-    else:
-        t0 = time.perf_counter()
-        if k > 1:
-            step = FusedSteps(step_fn, pipeline, mesh, k).compile(state, start)
-        else:
-            compiled = mesh_lib.jit_step(step_fn, mesh).lower(state, batch_at(start)).compile()
-            step = lambda state, at: compiled(state, batch_at(at))
-        progress.message(f'compiled the train step in {time.perf_counter() - t0:.1f} s '
-                         f'({mesh.size} device(s), global batch {pipeline.global_batch}'
-                         + (f', {k} steps per dispatch' if k > 1 else '') + ')')
-    last_good = checkpoints.latest_step()
-
-    window, window_start, t_window, hook_s = [], start, time.perf_counter(), 0.0
+    out = outputs or Outputs(workdir)
     preemption = _Preemption()
+    last_good = checkpoints.latest_step()
     try:
+        # ---- The compiled step ---------------------------------------------------------------
+        if start >= num_steps:
+            progress.message(f'already trained {start} >= {num_steps} steps; running the final '
+                             'hooks')
+        elif jax.config.jax_disable_jit:  # --debug: op by op, so a debugger can step through it
+            if k > 1:
+                raise ValueError('--debug runs one step at a time: use steps_per_dispatch=1')
+            run_steps = lambda state, at: step(state, batch_at(at))
+            progress.message('jit is disabled: running the train step op by op')
+        else:
+            t0 = time.perf_counter()
+            if k > 1:
+                run_steps = fused.FusedSteps(step, pipeline, mesh, k).compile(state, start)
+            else:
+                compiled = mesh_lib.jit_step(step, mesh).lower(state, batch_at(start)).compile()
+                run_steps = lambda state, at: compiled(state, batch_at(at))
+            progress.message(f'compiled the train step in {time.perf_counter() - t0:.1f} s '
+                             f'({mesh.size} device(s), global batch {pipeline.global_batch}'
+                             + (f', {k} steps per dispatch' if k > 1 else '') + ')')
+
+        # ---- Train: log, check, checkpoint, periodic hooks ------------------------------------
+        window, window_start, t_window, hook_s = [], start, time.perf_counter(), 0.0
         for at in range(start, num_steps, k):
-            state, metrics = step(state, at)
+            state, metrics = run_steps(state, at)
             done = at + k  # steps are counted from 1: step n leaves state.step == n
             window.append((done, metrics))
             last = done == num_steps
             preempted = not last and preemption.reached(done)
-            if done % log_every == 0 or done % checkpoint_every == 0 or last or preempted:
+            if done % schedule.log_every == 0 or done % schedule.checkpoint_every == 0 or last \
+                    or preempted:
                 means = _window_mean(window)
                 elapsed = time.perf_counter() - t_window - hook_s  # hooks are not training
                 steps_per_s = (done - window_start) / elapsed
@@ -192,7 +260,7 @@ def train(*, workdir: str, state, step_fn, pipeline, mesh, num_steps: int, log_e
                 progress.update(done, means, examples_per_s, (num_steps - done) / steps_per_s)
                 writer.scalars(done, {**means, 'examples_per_s': examples_per_s})
                 window, window_start, t_window, hook_s = [], done, time.perf_counter(), 0.0
-            if done % checkpoint_every == 0 or last or preempted:
+            if done % schedule.checkpoint_every == 0 or last or preempted:
                 if not bool(_all_finite(state)):
                     raise NonFiniteLossError(f'non-finite values in the train state at step {done}')
                 checkpoints.save(done, state)
@@ -204,19 +272,13 @@ def train(*, workdir: str, state, step_fn, pipeline, mesh, num_steps: int, log_e
                            f'resume')
                 progress.message(message)
                 raise Preempted(message)
-            for hook in hooks:
-                if done % hook.every == 0 or (last and hook.at_end):
-                    t_hook = time.perf_counter()
-                    logged = hook.fn(done, state) or {}
-                    for name, image in logged.items():
-                        if np.ndim(image) == 3:
-                            writer.image(done, name, image)
-                    scalars = {k: v for k, v in logged.items() if np.ndim(v) == 0}
-                    if scalars:
-                        writer.scalars(done, scalars)
-                        progress.message(f'step {done}: ' + ', '.join(
-                            f'{k} {v:.4g}' for k, v in scalars.items()))
-                    hook_s += time.perf_counter() - t_hook
+            for hook in hooks if not last else ():
+                if done % hook.steps == 0:
+                    hook_s += _run_hook(hook.fn, done, state, out, writer, progress)
+
+        # ---- Final hooks ---------------------------------------------------------------------
+        for fn in final:
+            _run_hook(fn, max(start, num_steps), state, out, writer, progress, replace=True)
     except NonFiniteLossError as e:
         where = (f'the last good checkpoint is step {last_good} in {checkpoints.directory}'
                  if last_good is not None else 'no checkpoint was saved')

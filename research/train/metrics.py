@@ -1,7 +1,9 @@
 """Where numbers go: a progress line, `metrics.jsonl` and TensorBoard events (process 0 only).
 
 On resume the writer drops JSONL records and TensorBoard events after the restored step, so both
-describe the run that actually produced the final parameters, not a branch that was lost.
+describe the run that actually produced the final parameters, not a branch that was lost; and a
+record written with `replace` (the loop's final hooks) takes the place of earlier values of the
+same names at the same step, so rerunning a finished run's final evaluation leaves one value.
 """
 import json
 import math
@@ -9,17 +11,17 @@ import os
 import sys
 import time
 
-import jax
 import numpy as np
 from tensorboardX import SummaryWriter
 
 from research import files
+from research.train.outputs import is_writer
 
 
 class MetricWriter:
 
     def __init__(self, workdir: str, resume_step: int = 0, enabled: bool | None = None):
-        self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self.enabled = is_writer() if enabled is None else enabled
         self.jsonl_path = os.path.join(workdir, 'metrics.jsonl')
         if not self.enabled:
             return
@@ -46,10 +48,45 @@ class MetricWriter:
             f.writelines(kept)
         return kept
 
-    def scalars(self, step: int, values: dict) -> None:
+    def _rewrite(self, lines: list[str]) -> None:
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = open(self.jsonl_path, 'w', encoding='utf-8')
+            self._jsonl.writelines(lines)
+            self._jsonl.flush()
+        else:
+            self._lines = lines
+            with files.open(self.jsonl_path, 'w') as f:
+                f.writelines(lines)
+
+    def _forget(self, step: int, names: set) -> None:
+        """Drops `names` from the records at `step`, and records left with nothing else."""
+        if self._jsonl is not None:
+            self._jsonl.flush()
+            with open(self.jsonl_path, encoding='utf-8') as f:
+                lines = f.readlines()
+        else:
+            lines = self._lines
+        kept = []
+        for line in lines:
+            record = json.loads(line)
+            if record['step'] == step and names & record.keys():
+                record = {k: v for k, v in record.items() if k not in names}
+                if not record.keys() - {'step', 'time'}:
+                    continue
+                line = json.dumps(record) + '\n'
+            kept.append(line)
+        if kept != lines:
+            self._rewrite(kept)
+
+    def scalars(self, step: int, values: dict, replace: bool = False) -> None:
+        """One record of `values` at `step`; with `replace`, earlier values of the same names at
+        that step are dropped first."""
         if not self.enabled:
             return
         values = {k: float(v) for k, v in values.items()}
+        if replace:
+            self._forget(step, set(values))
         record = {'step': step, 'time': round(time.time(), 3), **values}
         line = json.dumps(record) + '\n'
         if self._jsonl is None:
@@ -99,7 +136,7 @@ class Progress:
     def __init__(self, total: int, stream=None, enabled: bool | None = None):
         self.total = total
         self.stream = stream or sys.stdout
-        self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self.enabled = is_writer() if enabled is None else enabled
         self.tty = self.stream.isatty()
 
     def update(self, step: int, values: dict, examples_per_s: float, eta_s: float) -> None:

@@ -21,10 +21,15 @@ import jax
 KERNELS = ('auto', 'fast', 'plain')
 
 
-def use_fast(kernels: str, backend: str | None = None) -> bool:
-    """Whether `model.kernels` asks for the fast kernels on `backend` (default: JAX's)."""
+def check_kernels(kernels: str) -> None:
+    """A config check that touches no JAX backend (multi-process runs initialise theirs later)."""
     if kernels not in KERNELS:
         raise ValueError(f'unknown model.kernels {kernels!r}; known: {", ".join(KERNELS)}')
+
+
+def use_fast(kernels: str, backend: str | None = None) -> bool:
+    """Whether `model.kernels` asks for the fast kernels on `backend` (default: JAX's)."""
+    check_kernels(kernels)
     if kernels == 'auto':
         return (backend or jax.default_backend()) == 'cpu'
     return kernels == 'fast'
