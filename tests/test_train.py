@@ -295,6 +295,11 @@ def test_pipelines_are_checked_against_their_protocols(mlp_gan, tmp_path):
     with contextlib.redirect_stdout(io.StringIO()):
         state = run(BatchesOnly())
     assert int(state.step) == 2
+    for hooks in ([Every(0, print)], [print]):  # an interval of 0; a function, not Every(n, fn)
+        with pytest.raises(ValueError, match=r'hook 0 must be loop.Every\(n >= 1, fn\)'):
+            train(schedule(2, 2, 2), workdir=str(tmp_path), init=start_at(mlp_gan.fresh_state()),
+                  step=mlp_gan.step, pipeline=BatchesOnly(), mesh=one_device_mesh(),
+                  hooks=hooks)
 
 
 def test_outputs_write_on_process_zero_only(tmp_path):

@@ -159,6 +159,9 @@ def _window_mean(window: list[tuple[int, dict]]) -> dict:
 
 def _check(schedule: Schedule, hooks, pipeline) -> None:
     k = schedule.steps_per_dispatch
+    for i, hook in enumerate(hooks):
+        if not isinstance(hook, Every) or not isinstance(hook.steps, int) or hook.steps < 1:
+            raise ValueError(f'hook {i} must be loop.Every(n >= 1, fn), got {hook!r}')
     for name, value in [('train.steps', schedule.steps), ('train.log_every', schedule.log_every),
                         ('train.checkpoint_every', schedule.checkpoint_every),
                         *[(f'hook {i} every', h.steps) for i, h in enumerate(hooks)]]:
