@@ -61,9 +61,13 @@ class Outputs:
                 np.savez_compressed(f, **arrays)
 
     def json(self, name: str, value) -> None:
+        """Written to a temporary file and renamed: the other processes, which read some of
+        these files (a resumed run's config, vocab.json), never see half of one."""
         if self.enabled:
-            with self._open(name, 'w') as f:
+            path = self._prepare(name)
+            with files.open(path + '.tmp', 'w') as f:
                 json.dump(value, f, indent=2)
+            files.replace(path + '.tmp', path)
 
     def text(self, name: str, text: str) -> None:
         if self.enabled:
@@ -101,11 +105,12 @@ def _flatten(tree: dict, prefix: str = '') -> dict:
 
 
 def save_config(config, workdir: str) -> dict:
-    """Writes workdir/config.json; returns {key: (old, new)} for keys changed since last time."""
+    """Writes workdir/config.json; returns {key: (old, new)} for keys changed since last time
+    (on process 0, which warns about each; {} elsewhere)."""
     path = os.path.join(workdir, 'config.json')
     new = json.loads(config.to_json())
     changed = {}
-    if files.exists(path):
+    if is_writer() and files.exists(path):
         with files.open(path) as f:
             old = _flatten(json.load(f))
         flat_new = _flatten(new)
