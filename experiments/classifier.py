@@ -27,7 +27,6 @@ Full MNIST (tfds or DEEPGEN_MNIST_DIR) is not measured: judge_mnist with
 command, and 99.3% the bar such a CNN should pass.
 """
 import ml_collections
-import numpy as np
 from absl import app
 
 from research import data

@@ -18,6 +18,7 @@ from importlib import metadata
 import jax
 
 from research import files
+from research.train.outputs import Outputs, is_writer
 
 FILENAME = 'run_info.json'
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -113,15 +114,11 @@ def read_run_info(workdir: str) -> list[dict] | None:
 def write_run_info(workdir: str, step: int | None = None) -> dict | None:
     """Appends this start's record to workdir/run_info.json (process 0); returns the record.
 
-    Written to a temporary file and renamed, so a kill never leaves half a file behind.
+    Outputs.json writes it to a temporary file and renames it, so a kill never leaves half a
+    file behind.
     """
-    if jax.process_index() != 0:
+    if not is_writer():
         return None
     record = collect(step)
-    starts = read_run_info(workdir) or []
-    files.makedirs(workdir)
-    path = os.path.join(workdir, FILENAME)
-    with files.open(path + '.tmp', 'w') as f:
-        json.dump({'starts': starts + [record]}, f, indent=2)
-    files.replace(path + '.tmp', path)
+    Outputs(workdir).json(FILENAME, {'starts': (read_run_info(workdir) or []) + [record]})
     return record
