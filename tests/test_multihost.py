@@ -1,11 +1,23 @@
-"""Multi-process runs on one machine: two processes of 4 CPU devices each (gloo collectives)
-train the MLP GAN and end where one process with 8 devices does; only process 0 writes logs.
-And the environment that asks for them is checked before anything starts."""
+"""Multi-process runs on one machine, standing in for several hosts: two processes of 4 CPU
+devices each (gloo collectives, coordinator on localhost).
+
+  * Every experiment's smoke preset, with its end-of-run evaluations on, ends where one process
+    with 8 devices does: every JSON result and every metrics.jsonl value within float32 rounding,
+    the same files, each written once (by process 0).
+  * SIGTERM to every process: both stop at the same step with status 143 and save it; the rerun
+    ends bit-identical to an uninterrupted two-process run.
+  * SIGKILL of one process: the other exits within a bounded time (DEEPGEN_HEARTBEAT_TIMEOUT_S)
+    naming the lost process; the rerun resumes from the last complete checkpoint.
+And the environment that asks for several processes is checked before anything starts.
+"""
 import json
 import os
+import random
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -15,11 +27,10 @@ import pytest
 from conftest import REPO
 from research.train import distributed
 
-STEPS = 6
-COMMAND = [sys.executable, '-m', 'experiments.gan_mnist',
-           '--config=experiments/gan_mnist.py:smoke', '--config.model.arch=mlp',
-           '--config.scores.at_end=False', '--config.export.num_samples=16',
-           f'--config.train.steps={STEPS}']
+EXPERIMENTS = ('gan_mnist', 'vae_mnist', 'dbn_mnist', 'classifier', 'char_lm', 'rowwise_mnist')
+WALL_CLOCK = {'time', 'examples_per_s'}  # metrics.jsonl keys that no two runs share
+LONG_GAN = ['--config.model.arch=mlp', '--config.scores.at_end=False',
+            '--config.train.log_every=10', '--config.train.sample_every=100000']
 
 
 def free_port() -> int:
@@ -34,10 +45,76 @@ def devices_env(base, count, **extra):
     return environment
 
 
-def final_state(workdir):
-    """The state at the last step, restored onto one device whatever topology saved it."""
+def command(experiment, workdir, *overrides):
+    return [sys.executable, '-m', f'experiments.{experiment}',
+            f'--config=experiments/{experiment}.py:smoke', '--workdir', str(workdir), *overrides]
+
+
+def start(argv, environment, log):
+    return subprocess.Popen(argv, cwd=REPO, env=environment, stdout=open(log, 'w'),
+                            stderr=subprocess.STDOUT)
+
+
+def start_two(argv, base, logs, port=None, **extra):
+    """Processes 0 and 1 of a two-process run, 4 CPU devices each."""
+    port = port or free_port()
+    return [start(argv, devices_env(base, 4, DEEPGEN_DISTRIBUTED='1',
+                                    DEEPGEN_COORDINATOR=f'localhost:{port}',
+                                    DEEPGEN_NUM_PROCESSES='2', DEEPGEN_PROCESS_ID=str(rank),
+                                    **extra), log) for rank, log in zip((0, 1), logs)]
+
+
+def finish(processes, logs, timeout=300):
+    codes = [p.wait(timeout=timeout) for p in processes]
+    return codes, [open(log).read() for log in logs]
+
+
+def explain(outputs):
+    return '\n\n'.join(f'--- process {i} ---\n{output[-3000:]}' for i, output in
+                       enumerate(outputs))
+
+
+def run_files(root):
+    """Every file a run wrote but its checkpoints, by path (TensorBoard event files by folder,
+    since their names hold a time and a pid)."""
+    found = {}
+    for directory, _, names in os.walk(root):
+        if 'checkpoints' in os.path.relpath(directory, root).split(os.sep):
+            continue
+        for name in names:
+            relative = os.path.relpath(os.path.join(directory, name), root)
+            key = os.path.dirname(relative) if 'tfevents' in name else relative
+            assert key not in found, f'two TensorBoard event files in {key}: written twice'
+            found[key] = os.path.join(directory, name)
+    return found
+
+
+def assert_close(a, b, where):
+    """JSON values: floats to float32 rounding, everything else equal (but content hashes)."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            if not key.endswith('sha256'):  # a judge's weights hash: equal only to rounding
+                assert_close(a[key], b[key], f'{where}.{key}')
+    elif isinstance(a, list):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_close(x, y, f'{where}[{i}]')
+    elif isinstance(a, float):
+        assert np.isclose(a, b, rtol=1e-4, atol=1e-5), f'{where}: {a} vs {b}'
+    else:
+        assert a == b, f'{where}: {a!r} vs {b!r}'
+
+
+def records(path):
+    return [{k: v for k, v in json.loads(line).items() if k not in WALL_CLOCK}
+            for line in open(path)]
+
+
+def final_state(workdir, step):
+    """The state at `step`, restored onto one device whatever topology saved it."""
     checkpointer = ocp.StandardCheckpointer()
-    path = os.path.abspath(workdir / 'checkpoints' / str(STEPS) / 'default')
+    path = os.path.abspath(os.path.join(workdir, 'checkpoints', str(step), 'default'))
     metadata = checkpointer.metadata(path)
     metadata = getattr(metadata, 'item_metadata', metadata)
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -46,30 +123,101 @@ def final_state(workdir):
     return jax.device_get(checkpointer.restore(path, target))
 
 
-def test_two_processes_match_one_with_eight_devices(tiny_mnist_env, tmp_path):
-    env = tiny_mnist_env
-    port = free_port()
-    launch = lambda workdir, environment: subprocess.Popen(
-        [*COMMAND, '--workdir', str(workdir)], cwd=REPO, env=environment, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    processes = [launch(tmp_path / 'two', devices_env(
-        env, 4, DEEPGEN_DISTRIBUTED='1', DEEPGEN_COORDINATOR=f'localhost:{port}',
-        DEEPGEN_NUM_PROCESSES='2', DEEPGEN_PROCESS_ID=str(rank))) for rank in (0, 1)]
-    processes.append(launch(tmp_path / 'one', devices_env(env, 8)))
-    outputs = [p.communicate(timeout=300)[0] for p in processes]
-    assert [p.returncode for p in processes] == [0, 0, 0], '\n\n'.join(
-        f'--- {name} ---\n{output[-3000:]}' for name, output in
-        zip(('process 0 of 2', 'process 1 of 2', 'one process'), outputs))
-    assert 'compiled the train step in' in outputs[0] and '(8 device(s)' in outputs[0]
-    assert f'step {STEPS}/{STEPS}' in outputs[0] and f'step {STEPS}/{STEPS}' not in outputs[1]
-    records = [json.loads(line) for line in (tmp_path / 'two' / 'metrics.jsonl').open()]
-    assert [r['step'] for r in records] == [2, 4, 6]  # written once, by process 0
-    two, one = final_state(tmp_path / 'two'), final_state(tmp_path / 'one')
-    assert jax.tree.structure(two) == jax.tree.structure(one)
-    np.testing.assert_array_equal(two['step'], one['step'])
-    np.testing.assert_array_equal(two['rng'], one['rng'])
-    # The gradient all-reduce adds in another order across processes: equal to float32 rounding.
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), two, one)
+def wait_for(log, text, processes, timeout=120):
+    deadline = time.monotonic() + timeout
+    while text not in open(log).read():
+        assert all(p.poll() is None for p in processes), f'a process ended before {text!r}'
+        assert time.monotonic() < deadline, f'no {text!r} in {log} within {timeout} s'
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize('experiment', EXPERIMENTS)
+def test_two_processes_match_one_with_eight_devices(experiment, tiny_mnist_env, tmp_path):
+    logs = [tmp_path / f'{name}.log' for name in ('p0', 'p1', 'one')]
+    # The MLP GAN: the DCGAN's compile would double the test's time, for no other code.
+    overrides = ['--config.model.arch=mlp'] if experiment == 'gan_mnist' else []
+    processes = start_two(command(experiment, tmp_path / 'two', *overrides), tiny_mnist_env,
+                          logs[:2])
+    processes.append(start(command(experiment, tmp_path / 'one', *overrides),
+                           devices_env(tiny_mnist_env, 8), logs[2]))
+    codes, outputs = finish(processes, logs)
+    assert codes == [0, 0, 0], explain(outputs)
+    assert '(8 device(s)' in outputs[0] and 'process 1 of 2, 4 local of 8 devices' in outputs[1]
+    assert '\ndone: ' in outputs[0] and '\ndone: ' not in outputs[1]  # process 0 talks
+    two, one = run_files(tmp_path / 'two'), run_files(tmp_path / 'one')
+    assert sorted(two) == sorted(one)
+    for name in one:
+        if name.endswith('.jsonl'):
+            assert_close(records(two[name]), records(one[name]), name)
+        elif name.endswith('.json') and not name.endswith('run_info.json'):
+            assert_close(json.load(open(two[name])), json.load(open(one[name])), name)
+    # The evaluations ran: their numbers are among the compared records.
+    logged = {key for name in one if name.endswith('.jsonl') for r in records(one[name])
+              for key in r}
+    expected = {'gan_mnist': {'scores/fid', 'scores/classifier_score'},
+                'vae_mnist': {'test/elbo', 'test/nll', 'scores/fid'},
+                'dbn_mnist': {'ais/log_z', 'test/log_likelihood', 'test/accuracy'},
+                'classifier': {'test/accuracy', 'test/macro_f1'},
+                'char_lm': {'val/bits_per_char'},
+                'rowwise_mnist': {'test/accuracy', 'test/macro_f1'}}[experiment]
+    assert expected <= logged, sorted(logged)
+
+
+def test_sigterm_to_every_process_saves_one_step_and_resumes_bit_identical(tiny_mnist_env,
+                                                                          tmp_path):
+    argv = lambda workdir: command('gan_mnist', workdir, *LONG_GAN, '--config.train.steps=80',
+                                   '--config.train.checkpoint_every=80')
+    logs = [tmp_path / f'{name}.log' for name in ('p0', 'p1', 'q0', 'q1')]
+    interrupted = start_two(argv(tmp_path / 'interrupted'), tiny_mnist_env, logs[:2])
+    straight = start_two(argv(tmp_path / 'straight'), tiny_mnist_env, logs[2:])
+    trigger = random.choice((10, 20, 30))
+    wait_for(logs[0], f'step {trigger}/80', interrupted)
+    for p in interrupted:
+        p.send_signal(signal.SIGTERM)
+    codes, outputs = finish(interrupted, logs[:2])
+    assert codes == [143, 143], explain(outputs)
+    # Both reach JAX's preemption sync point at the same step, and save that step together.
+    synced = [{int(line.split('step=')[1]) for line in o.splitlines()
+               if 'Reached preemption sync point, step=' in line} for o in outputs]
+    assert len(synced[0]) == 1 and synced[0] == synced[1], synced
+    stopped = synced[0].pop()
+    assert f'preempted (SIGTERM) at step {stopped} of 80: saved a checkpoint' in outputs[0]
+    saved = sorted(int(n) for n in os.listdir(tmp_path / 'interrupted' / 'checkpoints')
+                   if n.isdigit())
+    assert saved == [stopped] and trigger <= stopped < 80
+    # The rerun of both; the uninterrupted run has been going alongside.
+    resumed = start_two(argv(tmp_path / 'interrupted'), tiny_mnist_env, logs[:2])
+    codes, outputs = finish(resumed + straight, logs)
+    assert codes == [0, 0, 0, 0], explain(outputs)
+    assert f'resuming from the checkpoint at step {stopped}' in outputs[0]
+    a, b = final_state(tmp_path / 'interrupted', 80), final_state(tmp_path / 'straight', 80)
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_sigkill_of_one_process_stops_the_other_naming_it(tiny_mnist_env, tmp_path):
+    heartbeat = 5
+    argv = command('gan_mnist', tmp_path / 'run', *LONG_GAN, '--config.train.steps=120',
+                   '--config.train.checkpoint_every=20')
+    logs = [tmp_path / 'p0.log', tmp_path / 'p1.log']
+    processes = start_two(argv, tiny_mnist_env, logs, DEEPGEN_HEARTBEAT_TIMEOUT_S=str(heartbeat))
+    wait_for(logs[0], 'step 50/120', processes)
+    processes[1].kill()
+    t0 = time.monotonic()
+    code = processes[0].wait(timeout=120)
+    took = time.monotonic() - t0
+    output = open(logs[0]).read()
+    assert code != 0 and took < heartbeat + 20, (code, took, output[-3000:])
+    # JAX's distributed service names the silent process; the FATAL line above it comes when a
+    # collective fails first (it may not: the heartbeat can run out before any collective does).
+    assert 'The following tasks are unhealthy (stopped sending heartbeats):\n1' in output, \
+        output[-3000:]
+    complete = max(int(n) for n in os.listdir(tmp_path / 'run' / 'checkpoints') if n.isdigit())
+    assert complete >= 40
+    processes = start_two(argv, tiny_mnist_env, logs)
+    codes, outputs = finish(processes, logs)
+    assert codes == [0, 0], explain(outputs)
+    assert f'resuming from the checkpoint at step {complete}' in outputs[0]
+    assert 'step 120/120' in outputs[0]
 
 
 @pytest.mark.parametrize('environ, message', [
@@ -80,11 +228,14 @@ def test_two_processes_match_one_with_eight_devices(tiny_mnist_env, tmp_path):
      'need 0 <= DEEPGEN_PROCESS_ID < DEEPGEN_NUM_PROCESSES, got 2 and 2'),
     ({'DEEPGEN_COORDINATOR': 'h:1', 'DEEPGEN_NUM_PROCESSES': 'two', 'DEEPGEN_PROCESS_ID': '0'},
      "must be integers, got 'two' and '0'"),
+    ({'DEEPGEN_HEARTBEAT_TIMEOUT_S': '0'},
+     "DEEPGEN_HEARTBEAT_TIMEOUT_S must be a whole number of seconds >= 1, got '0'"),
 ])
 def test_bad_cluster_settings_are_named(environ, message):
     with pytest.raises(ValueError, match=message.replace('(', r'\(')):
         distributed.requested(environ)
         distributed.cluster_args(environ)
+        distributed.heartbeat_timeout(environ)
 
 
 def test_cluster_settings():
@@ -93,3 +244,5 @@ def test_cluster_settings():
     assert distributed.cluster_args({'DEEPGEN_COORDINATOR': 'h:1', 'DEEPGEN_NUM_PROCESSES': '2',
                                      'DEEPGEN_PROCESS_ID': '1'}) == {
         'coordinator_address': 'h:1', 'num_processes': 2, 'process_id': 1}
+    assert distributed.heartbeat_timeout({}) == 100  # JAX's default
+    assert distributed.heartbeat_timeout({'DEEPGEN_HEARTBEAT_TIMEOUT_S': '7'}) == 7

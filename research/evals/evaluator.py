@@ -18,6 +18,11 @@ class DatasetEvaluator:
     Batches are split over the mesh's `data` axis (default: every device); batch b uses
     fold_in(key, b), so results do not depend on the number of devices. Compiled once (the padded
     last batch has the same shape).
+
+    With several processes (hosts) every process passes the same whole dataset and gets all N
+    values back: each feeds its devices their rows of every batch, and each batch's (B,) output is
+    gathered onto every device (replicated), so it can be read on every process. This is the one
+    place an evaluation gathers across processes.
     """
 
     def __init__(self, fn, batch_size: int, mesh=None):
@@ -25,7 +30,7 @@ class DatasetEvaluator:
         mesh_lib.check_batch_size(batch_size, mesh)
         self.batch_size, self._sharding = batch_size, mesh_lib.batch_sharded(mesh)
         self._fn = jax.jit(fn, in_shardings=(mesh_lib.replicated(mesh), self._sharding, None),
-                           out_shardings=self._sharding)
+                           out_shardings=mesh_lib.replicated(mesh))
 
     def __call__(self, params, images: np.ndarray, key) -> np.ndarray:
         if len(images) == 0:
@@ -36,7 +41,7 @@ class DatasetEvaluator:
             valid = len(batch)
             if valid < self.batch_size:  # pad with copies of the first row; dropped below
                 batch = np.concatenate([batch, np.repeat(batch[:1], self.batch_size - valid, 0)])
-            values = self._fn(params, jax.device_put(batch, self._sharding),
+            values = self._fn(params, mesh_lib.from_global(batch, self._sharding),
                               jax.random.fold_in(key, b))
             pending.append((values, valid))  # dispatch everything before fetching anything
         return np.concatenate([np.asarray(v)[:valid] for v, valid in pending]).astype(np.float64)

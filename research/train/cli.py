@@ -81,5 +81,9 @@ def experiment_main(name: str, run, check_config=None):
             run(config, workdir)
         except (data.DatasetUnavailableError, data.CorpusChangedError) as e:
             sys.exit(f'FATAL {e}')
+        except jax.errors.JaxRuntimeError as e:
+            if jax.process_count() == 1:
+                raise
+            sys.exit(distributed.lost_peer_message(e))
 
     return main

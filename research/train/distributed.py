@@ -18,6 +18,8 @@ from absl import logging
 
 ENV = 'DEEPGEN_DISTRIBUTED'
 _EXPLICIT = ('DEEPGEN_COORDINATOR', 'DEEPGEN_NUM_PROCESSES', 'DEEPGEN_PROCESS_ID')
+HEARTBEAT_ENV = 'DEEPGEN_HEARTBEAT_TIMEOUT_S'
+HEARTBEAT_TIMEOUT_S = 100  # JAX's default: a process silent this long is declared dead
 
 
 def requested(environ=None) -> bool:
@@ -51,12 +53,36 @@ def cluster_args(environ=None) -> dict:
             'process_id': rank}
 
 
+def heartbeat_timeout(environ=None) -> int:
+    """Seconds after which the others give up on a process that stopped answering (killed,
+    its host lost): $DEEPGEN_HEARTBEAT_TIMEOUT_S, default JAX's 100."""
+    value = (os.environ if environ is None else environ).get(HEARTBEAT_ENV, '').strip()
+    if not value:
+        return HEARTBEAT_TIMEOUT_S
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f'{HEARTBEAT_ENV} must be a whole number of seconds >= 1, got {value!r}')
+    return int(value)
+
+
 def initialize_if_requested() -> None:
     """Call before anything touches a JAX backend (experiment_main does)."""
     if not requested():
         return
     args = cluster_args()
+    args['heartbeat_timeout_seconds'] = heartbeat_timeout()
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')  # CPU backends only
     jax.distributed.initialize(**args)
     logging.info('process %d of %d, %d local of %d devices', jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def lost_peer_message(error: Exception) -> str:
+    """The FATAL line of a process whose collective failed: another process died (killed, its host
+    lost) or cannot be reached. JAX's distributed service then names the silent process, once it
+    has missed heartbeats for heartbeat_timeout() s, and stops this one."""
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return (f'FATAL process {jax.process_index()} of {jax.process_count()}: a collective failed, '
+            f'so another process has died or lost its network ({first}). JAX\'s distributed '
+            f'service names it after {heartbeat_timeout()} s without heartbeats '
+            f'(${HEARTBEAT_ENV}) and stops this process; rerun every process with the same '
+            'command to resume from the last complete checkpoint')

@@ -35,6 +35,13 @@ def to_global_batch(local_batch: dict, mesh: Mesh) -> dict:
             for key, value in local_batch.items()}
 
 
+def from_global(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """A numpy array that every process holds whole -> a jax.Array with `sharding`, each process
+    placing only the pieces its own devices hold (jax.device_put cannot place rows on other
+    processes' devices)."""
+    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
 def jit_step(step_fn, mesh: Mesh):
     """jit a step(state, batch) -> (state, metrics): state replicated and donated, batch split."""
     return jax.jit(step_fn, in_shardings=(replicated(mesh), batch_sharded(mesh)),
