@@ -38,7 +38,7 @@ def get_config(preset: str = 'default') -> ml_collections.ConfigDict:
     check_preset('char_lm', preset, PRESETS)
     c = ml_collections.ConfigDict()
     c.preset, c.seed = preset, 0
-    c.data = dict(path='', seq_len=64)  # seq_len: training window = Transformer context
+    c.data = dict(path='', seq_len=64, source='auto')  # seq_len: window = Transformer context
     c.model = dict(kind='transformer', layers=4, heads=4, width=128, dropout=0.0,
                    positions='learned', tie_weights=True, embed=64, hidden=256, unroll=1,
                    kernels='auto')  # kernels: the LSTM/GRU's (research/models/fast)
@@ -99,7 +99,7 @@ def build(config: ml_collections.ConfigDict, vocab_size: int):
 
 def run(config: ml_collections.ConfigDict, workdir: str):
     check_config(config)
-    text, source = data.load_corpus(config.data.path)  # before anything is written
+    text, source = data.load_corpus(config.data.path, config.data.source)  # nothing written yet
     vocab, s, out = data.Vocab.from_text(text), config.sample, Outputs(workdir)
     if any(c not in vocab.chars for c in s.prompt):
         raise ValueError(f'sample.prompt {s.prompt!r} has characters outside the corpus vocabulary')

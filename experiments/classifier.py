@@ -47,7 +47,7 @@ def get_config(preset: str = 'default') -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.preset, c.seed = preset, 0
     c.data = dict(name='mnist', train_split='train', train_dir='', test_split='test',
-                  test_dir='', heldout=1000)
+                  test_dir='', heldout=1000, source='auto')
     c.model = dict(arch='cnn', hidden=(256, 256), dropout=0.5)
     c.optim = dict(lr=1e-3, weight_decay=1e-4, warmup_steps=100)
     c.train = dict(batch_size=128, steps=1500, augment='shift', log_every=100,
@@ -94,9 +94,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 def run(config: ml_collections.ConfigDict, workdir: str):
     check_config(config)
-    save_config(config, workdir)
     d, m, o = config.data, config.model, config.optim
     train, test, name = data.load_splits(config.data, config.seed)
+    save_config(config, workdir)
     pipeline = data.BatchPipeline({'image': train.images, 'label': train.labels},
                                   config.train.batch_size, config.seed)
     model = make_classifier(m.arch, hidden=m.hidden, dropout=m.dropout)

@@ -39,7 +39,7 @@ def get_config(preset: str = 'default') -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.preset, c.seed = preset, 0
     c.data = dict(name='mnist', train_split='train', train_dir='', test_split='test',
-                  test_dir='', heldout=1000, binarize_seed=0)
+                  test_dir='', heldout=1000, binarize_seed=0, source='auto')
     c.dbn = dict(hidden=(500, 500, 2000))
     c.rbm = dict(k=1, persistent=True, lr=0.02, lr_decay='linear', momentum=0.5,
                  weight_decay=2e-4, batch_size=128, steps=3000, gibbs=1000, monitor_examples=1000)
@@ -77,9 +77,9 @@ def check_config(c: ml_collections.ConfigDict) -> None:
 
 def run(config: ml_collections.ConfigDict, workdir: str):
     check_config(config)
-    save_config(config, workdir)
     d, r, f, out = config.data, config.rbm, config.finetune, Outputs(workdir)
     train, test, name = data.load_splits(config.data, config.seed)
+    save_config(config, workdir)
     shape = train.images.shape[1:]
     # Fixed binarizations (from a seed) for the likelihood and the monitors; training draws anew.
     train_bin, test_bin = (pixels(data.binarize(split.images, [d.binarize_seed, i]))

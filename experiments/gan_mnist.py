@@ -37,7 +37,7 @@ def get_config(preset: str = 'default') -> ml_collections.ConfigDict:
     check_preset('gan_mnist', preset, PRESETS)
     c = ml_collections.ConfigDict()
     c.preset, c.seed = preset, 0
-    c.data = dict(name='mnist', data_dir='')  # '' = first source that has it (see research.data)
+    c.data = dict(name='mnist', data_dir='', source='auto')  # research.data: the sources
     c.model = dict(arch='dcgan', z_dim=100, kernels='auto')  # kernels: research/models/fast
     # Names in research/objectives/gan.py's LOSSES and PENALTIES; WGAN-GP is kind=wasserstein,
     # penalty=gp (with critic_steps=5 in the paper); StyleGAN2's R1 is penalty=r1, every 16.
@@ -98,8 +98,8 @@ def build(config: ml_collections.ConfigDict, image_shape, losses=LOSSES):
 
 def run(config: ml_collections.ConfigDict, workdir: str, losses=LOSSES):
     check_config(config, losses)
+    train = data.load(config.data.name, 'train', config.data.data_dir or None, config.data.source)
     save_config(config, workdir)
-    train = data.load(config.data.name, 'train', config.data.data_dir or None)
     pipeline = data.BatchPipeline({'image': train.images}, config.train.batch_size, config.seed)
     generator, init, step = build(config, train.images.shape[1:], losses)
     n, e = config.population, config.export

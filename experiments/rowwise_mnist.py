@@ -38,7 +38,7 @@ def get_config(preset: str = 'default') -> ml_collections.ConfigDict:
     check_preset('rowwise_mnist', preset, PRESETS)
     c = ml_collections.ConfigDict()
     c.preset, c.seed = preset, 0
-    c.data = dict(name='mnist', train_dir='', test_dir='', heldout=1000)
+    c.data = dict(name='mnist', train_dir='', test_dir='', heldout=1000, source='auto')
     c.model = dict(kind='lstm', hidden=128, layers=1, dropout=0.0, kernels='auto')
     c.optim = dict(lr=2e-3, weight_decay=1e-4, warmup_steps=100)
     c.train = dict(batch_size=128, steps=2000, log_every=100, checkpoint_every=500,
@@ -65,9 +65,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 def run(config: ml_collections.ConfigDict, workdir: str):
     check_config(config)
-    save_config(config, workdir)
     d, m, o, steps = config.data, config.model, config.optim, config.train.steps
     train, test, name = data.load_splits(config.data, config.seed)
+    save_config(config, workdir)
     model = RowLSTMClassifier(m.hidden, m.layers, m.dropout, kind=m.kind,
                               fast=fast.use_fast(m.kernels))
     tx = adamw(o.lr, steps, warmup_steps=o.warmup_steps, weight_decay=o.weight_decay)

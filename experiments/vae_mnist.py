@@ -44,7 +44,7 @@ def get_config(preset: str = 'default') -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.preset, c.seed = preset, 0
     c.data = dict(name='mnist', train_split='train', train_dir='', test_split='test',
-                  test_dir='', heldout=1000, binarize='dynamic', binarize_seed=0)
+                  test_dir='', heldout=1000, binarize='dynamic', binarize_seed=0, source='auto')
     c.model = dict(arch='conv' if preset == 'conv' else 'mlp', latent=20, hidden=(512,),
                    likelihood='bernoulli', kernels='auto')
     c.objective = dict(kind='elbo', k=1, warmup_steps=0, beta_start=0.0)
@@ -93,9 +93,9 @@ def build(config: ml_collections.ConfigDict, image_shape):
 
 def run(config: ml_collections.ConfigDict, workdir: str):
     check_config(config)
-    save_config(config, workdir)
     d, m = config.data, config.model
     train, test, name = data.load_splits(config.data, config.seed)
+    save_config(config, workdir)
     train_images, test_images = likelihoods.prepare_images(
         m.likelihood, train.images, test.images, name, binarize=d.binarize, seed=d.binarize_seed)
     pipeline = data.BatchPipeline({'image': train_images}, config.train.batch_size, config.seed)

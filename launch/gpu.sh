@@ -18,6 +18,8 @@ settings (environment):
   REMOTE_DIR  checkout on the host, relative to its home  [deepgen]
   RUN_NAME    workdir is REMOTE_DIR/runs/RUN_NAME         [gan_mnist]
   EXPERIMENT  python module to run                        [experiments.gan_mnist]
+  DATA_SOURCE the run's --config.data.source             [download]
+              (download: the full dataset, pinned sha256)
   PYTHON      python on the host used to make the venv    [python3]
   DEST        local folder for `copy`                     [runs]
   TB_PORT     TensorBoard port, forwarded to localhost    [6006]
@@ -39,6 +41,7 @@ HOST=${HOST:-}
 REMOTE_DIR=${REMOTE_DIR:-deepgen}
 RUN_NAME=${RUN_NAME:-gan_mnist}
 EXPERIMENT=${EXPERIMENT:-experiments.gan_mnist}
+DATA_SOURCE=${DATA_SOURCE:-download}
 PYTHON=${PYTHON:-python3}
 DEST=${DEST:-runs}
 TB_PORT=${TB_PORT:-6006}
@@ -52,6 +55,10 @@ esac
 [[ $REMOTE_DIR =~ ^[A-Za-z0-9_./-]+$ ]] || die "bad REMOTE_DIR '$REMOTE_DIR'"
 [[ $RUN_NAME =~ ^[A-Za-z0-9._-]+$ ]] || die "bad RUN_NAME '$RUN_NAME' (letters, digits, . _ -)"
 [[ $EXPERIMENT =~ ^[A-Za-z_][A-Za-z0-9_.]*$ ]] || die "bad EXPERIMENT '$EXPERIMENT' (a module name)"
+case $DATA_SOURCE in
+  auto|dir|download|tfds|embedded) ;;
+  *) die "bad DATA_SOURCE '$DATA_SOURCE' (auto, dir, download, tfds or embedded)" ;;
+esac
 [[ $TB_PORT =~ ^[0-9]+$ ]] || die "bad TB_PORT '$TB_PORT'"
 [[ $DRY_RUN == 0 || $DRY_RUN == 1 ]] || die "bad DRY_RUN '$DRY_RUN' (0 or 1)"
 
@@ -83,6 +90,9 @@ do_setup() {
 do_run() {
   local args="" a
   for a in "${EXP_ARGS[@]}"; do args+=" $(quote "$a")"; done
+  # The full dataset, not the embedded sample: a host without network fails instead of training
+  # on 5,000 digits. An explicit --config.data.source among the arguments wins.
+  [[ " ${EXP_ARGS[*]} " == *" --config.data.source="* ]] || args+=" --config.data.source=$DATA_SOURCE"
   # Detached so a dropped connection does not stop training; rerunning resumes from WORKDIR.
   on_host "mkdir -p runs && setsid nohup .venv/bin/python -m $EXPERIMENT --workdir $WORKDIR$args >> $LOG 2>&1 < /dev/null & echo \$! > $PID; echo started $EXPERIMENT, log $REMOTE_DIR/$LOG"
 }

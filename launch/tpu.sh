@@ -25,6 +25,8 @@ settings (environment):
   BUCKET            gs bucket (no gs://) for the workdir   (required by run/tensorboard/copy/all)
   RUN_NAME          workdir is gs://BUCKET/runs/RUN_NAME   [TPU_NAME]
   EXPERIMENT        python module to run                  [experiments.gan_mnist]
+  DATA_SOURCE       the run's --config.data.source        [download]
+                    (download: the full dataset on each host, pinned sha256)
   REPO              git URL to clone on the workers; empty: copy this checkout (git archive REF)
   REF               branch/commit to deploy                [HEAD for a copy, main for a clone]
   DEST              local folder for `copy`                [runs]
@@ -55,6 +57,7 @@ VALID_UNTIL=${VALID_UNTIL:-6h}
 BUCKET=${BUCKET:-}
 RUN_NAME=${RUN_NAME:-$TPU_NAME}
 EXPERIMENT=${EXPERIMENT:-experiments.gan_mnist}
+DATA_SOURCE=${DATA_SOURCE:-download}
 REPO=${REPO:-}
 DEST=${DEST:-runs}
 TB_PORT=${TB_PORT:-6006}
@@ -79,6 +82,10 @@ esac
 [[ $VALID_UNTIL =~ ^[0-9]+[smhd]$ ]] || die "bad VALID_UNTIL '$VALID_UNTIL' (e.g. 30m, 6h, 2d)"
 [[ $RUN_NAME =~ ^[A-Za-z0-9._-]+$ ]] || die "bad RUN_NAME '$RUN_NAME' (letters, digits, . _ -)"
 [[ $EXPERIMENT =~ ^[A-Za-z_][A-Za-z0-9_.]*$ ]] || die "bad EXPERIMENT '$EXPERIMENT' (a module name)"
+case $DATA_SOURCE in
+  auto|dir|download|tfds|embedded) ;;
+  *) die "bad DATA_SOURCE '$DATA_SOURCE' (auto, dir, download, tfds or embedded)" ;;
+esac
 [[ $TB_PORT =~ ^[0-9]+$ ]] || die "bad TB_PORT '$TB_PORT'"
 case $CMD in
   run|tensorboard|copy|all)
@@ -154,6 +161,9 @@ do_setup() {
 do_run() {
   local args="" a
   for a in "${EXP_ARGS[@]}"; do args+=" $(quote "$a")"; done
+  # The full dataset, not the embedded sample: a host without network fails instead of training
+  # on 5,000 digits. An explicit --config.data.source among the arguments wins.
+  [[ " ${EXP_ARGS[*]} " == *" --config.data.source="* ]] || args+=" --config.data.source=$DATA_SOURCE"
   # Every worker runs the same program; DEEPGEN_DISTRIBUTED=1 makes each call
   # jax.distributed.initialize(), which finds its peers from the TPU VM metadata.
   # Detached (setsid nohup) so a dropped ssh does not kill the run; rerunning resumes.

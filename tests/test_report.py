@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from conftest import random_images
-from research import report
+from research import data, report
 from research.report.run import TIMELINE_LENGTH, pick_evenly, wall_time
 from research.data import BatchPipeline
 from research.train import mesh as mesh_lib
@@ -57,6 +57,8 @@ def make_workdir(root, run_info=True):
     with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
         json.dump({'preset': 'smoke', 'note': EVIL, 'train': {'steps': 100}}, f)
     if run_info:
+        data.record({'dataset': 'mnist', 'split': 'train', 'source': 'embedded',
+                     'where': 'the embedded sample', 'examples': 5000})
         write_run_info(workdir, step=0)
     t0 = time.time()
     with open(os.path.join(workdir, 'metrics.jsonl'), 'w', encoding='utf-8') as f:
@@ -153,6 +155,7 @@ def test_markdown_summary(workdir):
     assert '| heldout/elbo | 100 | -101 +- 0.5 |' in md and '| scores/fid | 100 | 3 |' in md
     assert '](samples/step_000100.png)' in md and '](samples/interpolation.png)' in md
     assert '| host |' in md
+    assert '| data mnist/train | 5,000 examples from embedded: the embedded sample |' in md
 
 
 def test_out_elsewhere_links_back(workdir, tmp_path):

@@ -240,7 +240,7 @@ def test_floor_without_a_test_split_fails_clearly(fake_cli, monkeypatch):
     (tmp_path / 't10k-images-idx3-ubyte').unlink()
     with pytest.raises(SystemExit, match='lacks t10k-images-idx3-ubyte'):
         run('--floor', '--test-dir', str(tmp_path))
-    with pytest.raises(SystemExit, match='--test-dir.*mnist/test is not available from any'):
+    with pytest.raises(SystemExit, match='--test-dir.*mnist/test is not available. Tried'):
         score_lib.main(['--floor', '--dataset', 'mnist'])
 
 

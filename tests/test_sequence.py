@@ -257,8 +257,9 @@ def test_missing_corpus_fails_at_once_naming_the_options(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     t0 = time.perf_counter()
     with pytest.raises(data.CorpusUnavailableError,
-                       match=r'(?s)no text corpus.*data\.path: not given.*tensorflow-datasets '
-                       r'tiny_shakespeare: stubbed out.*input\.txt: not a file.*'
+                       match=r'(?s)no text corpus.*dir: data\.path not given.*input\.txt: not a '
+                       r'file.*download: offline: http://127.0.0.1:9/input.txt.*tfds: '
+                       r'tensorflow-datasets tiny_shakespeare: stubbed out.*'
                        r'--config\.data\.path=FILE.*network'):
         text.load_corpus('')
     assert time.perf_counter() - t0 < 1.0
@@ -267,6 +268,14 @@ def test_missing_corpus_fails_at_once_naming_the_options(tmp_path, monkeypatch):
     (tmp_path / 'corpus.txt').write_text('to be or not to be ' * 10)
     corpus, source = text.load_corpus(str(tmp_path / 'corpus.txt'))
     assert corpus.startswith('to be') and 'corpus.txt' in source
+    assert {'dataset': 'text', 'split': '', 'source': 'dir', 'where': source,
+            'characters': len(corpus)} in data.loaded()
+    with pytest.raises(data.CorpusUnavailableError,
+                       match="(?s)data.source 'embedded' was asked for.*embedded: no text"):
+        text.load_corpus('', 'embedded')
+    with pytest.raises(data.CorpusUnavailableError, match="names a file, but data.source is "
+                                                          "'tfds'"):
+        text.load_corpus(str(tmp_path / 'corpus.txt'), 'tfds')
 
 
 def test_vocab_round_trip_and_a_changed_corpus_is_refused(tmp_path):

@@ -1,7 +1,8 @@
 """Data: the dataset catalog, loading from whichever source has it, batching.
 
     from research import data
-    train = data.load('mnist', 'train')        # -> data.Split
+    train = data.load('mnist', 'train')        # -> data.Split, from the first source that has it
+    data.load('mnist', 'test', source='download')  # or from this source only (data.SOURCES)
     shape = data.DATASETS['mnist'].image_shape  # (28, 28, 1)
     pipeline = data.BatchPipeline({'image': train.images, 'label': train.labels},
                                   global_batch=128, seed=0)
@@ -9,12 +10,18 @@
 """
 
 from research.data.catalog import DATASETS, Dataset, DebianCopy, lookup
+from research.data import download
 from research.data.datasets import (
+    SOURCES,
     SPLITS,
     DatasetUnavailableError,
     Split,
+    check_source,
     env_var,
     load,
+    loaded,
+    record,
+    reset_loaded,
     tfds_usable,
 )
 from research.data.idx import IdxError, read_idx, write_idx
@@ -28,6 +35,7 @@ from research.data.transforms import binarize, hold_out, images_to_float
 
 __all__ = [
     'DATASETS',
+    'SOURCES',
     'SPLITS',
     'BatchPipeline',
     'CorpusChangedError',
@@ -42,8 +50,10 @@ __all__ = [
     'Vocab',
     'WindowPipeline',
     'binarize',
+    'check_source',
     'check_vocab',
     'describe',
+    'download',
     'env_var',
     'eval_windows',
     'hold_out',
@@ -52,8 +62,11 @@ __all__ = [
     'load_corpus',
     'load_splits',
     'load_train_eval',
+    'loaded',
     'lookup',
     'read_idx',
+    'record',
+    'reset_loaded',
     'split_tokens',
     'tfds_available',
     'tfds_usable',

@@ -76,9 +76,9 @@ class IdxFiles:
 
 @dataclasses.dataclass(frozen=True)
 class CifarBatches:
-    """CIFAR-10's python batches (research/data/cifar.py has the format)."""
+    """CIFAR-10's python or binary batches (research/data/cifar.py has both formats)."""
     kind = 'CIFAR-10'
-    contents = 'CIFAR-10 python batches'
+    contents = 'CIFAR-10 batches'
 
     def missing(self, directory: str, split: str) -> list[str]:
         return cifar.missing_files(directory, split)

@@ -8,12 +8,17 @@
     pipeline = WindowPipeline(train, seq_len=256, global_batch=64, seed=0)
 
 This module reads and computes; it writes nothing (the experiment owns its workdir).
-Sources, in order: a text file named in the config; tensorflow-datasets' `tiny_shakespeare`, only
-where `tfds_available` (research/data/tfds_probe.py) says it can work now (TensorFlow installed
-and the dataset prepared or its host reachable within seconds; offline, tfds would retry for
-minutes); the copy at ../shared/data/tinyshakespeare/input.txt on development machines (looked up
-from the current directory and from the repository root). None: `CorpusUnavailableError` at
-once, saying how to provide one.
+Sources (`data.source`, as for images: auto|dir|download|tfds|embedded), in this order for auto:
+  dir       a text file named in the config (data.path; then no other source is tried), else
+            the copy at ../shared/data/tinyshakespeare/input.txt on development machines (looked
+            up from the current directory and from the repository root);
+  download  tiny Shakespeare's input.txt from its canonical host (or $DEEPGEN_DATA_MIRROR), checked
+            against its pinned sha256 and cached (research/data/download.py); offline, auto goes on;
+  tfds      tensorflow-datasets' `tiny_shakespeare`, only where `tfds_available`
+            (research/data/tfds_probe.py) says it can work now (offline, tfds would retry for
+            minutes);
+  embedded  none: no corpus ships inside a package.
+None: `CorpusUnavailableError` at once, saying how to provide one.
 The split is nanoGPT's: the first 90% of the characters train, the last 10% validate.
 """
 import hashlib
@@ -24,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from research.data.datasets import DatasetUnavailableError
+from research.data import download
+from research.data.datasets import DatasetUnavailableError, check_source, record
 from research.data.tfds_probe import tfds_available
 
 SHARED_CORPUS = os.path.join('..', 'shared', 'data', 'tinyshakespeare', 'input.txt')
@@ -46,30 +52,60 @@ def _tfds_usable() -> tuple[bool, str]:
 def _load_tfds() -> str:
     import tensorflow_datasets as tfds  # slow to import; only when used
     # tfds cuts the text into train/validation/test pieces; joined they are the whole corpus.
-    parts = [tfds.as_numpy(tfds.load(TFDS_NAME, split=split, batch_size=-1))['text'][0]
-             for split in ('train', 'validation', 'test')]
+    parts = [example['text'] for split in ('train', 'validation', 'test')
+             for example in tfds.as_numpy(tfds.load(TFDS_NAME, split=split))]
     return b''.join(parts).decode('utf-8')
 
 
-def load_corpus(path: str = '') -> tuple[str, str]:
-    """(text, source): the corpus from the first source that has it (module docstring)."""
-    if path:
-        if not os.path.isfile(path):
-            raise CorpusUnavailableError(f'data.path {path!r} is not a file')
-        return _read(path), f'text file {os.path.abspath(path)}'
-    tried = ['data.path: not given (--config.data.path=FILE, any UTF-8 text)']
-    ok, why = _tfds_usable()
-    if ok:
-        return _load_tfds(), f'tensorflow-datasets {TFDS_NAME} ({why})'
-    tried.append(f'tensorflow-datasets {TFDS_NAME}: {why}')
-    for candidate in dict.fromkeys([Path(SHARED_CORPUS), REPO_ROOT / SHARED_CORPUS]):
-        if candidate.is_file():
-            return _read(candidate), f'text file {candidate.resolve()}'
-        tried.append(f'{candidate}: not a file')
-    raise CorpusUnavailableError(
-        'no text corpus is available. Tried:\n' + ''.join(f'  - {line}\n' for line in tried)
-        + 'Name a text file with --config.data.path=FILE (e.g. tiny shakespeare\'s input.txt), '
-        'or install tensorflow and tensorflow-datasets on a machine with network access.')
+def load_corpus(path: str = '', source: str = 'auto') -> tuple[str, str]:
+    """(text, source): the corpus from `source`, or (auto) the first source that has it (module
+    docstring); a source other than 'auto' that cannot serve is an error, never a fallback."""
+    check_source(source)
+    if path and source not in ('auto', 'dir'):
+        raise CorpusUnavailableError(f'data.path {path!r} names a file, but data.source is '
+                                     f'{source!r}: use source dir (or auto), or drop the path')
+    text, where, kind = None, '', ''
+    tried = []
+    if source in ('auto', 'dir'):
+        if path:
+            if not os.path.isfile(path):
+                raise CorpusUnavailableError(f'data.path {path!r} is not a file')
+            text, where, kind = _read(path), f'text file {os.path.abspath(path)}', 'dir'
+        else:
+            tried.append('dir: data.path not given (--config.data.path=FILE, any UTF-8 text)')
+            for candidate in dict.fromkeys([Path(SHARED_CORPUS), REPO_ROOT / SHARED_CORPUS]):
+                if candidate.is_file():
+                    text, where, kind = _read(candidate), f'text file {candidate.resolve()}', 'dir'
+                    break
+                tried.append(f'dir: {candidate}: not a file')
+    if text is None and source in ('auto', 'download'):
+        try:
+            directory = download.fetch(TFDS_NAME)
+            file = os.path.join(directory, download.FILES[TFDS_NAME][0].name)
+            text, where, kind = _read(file), f'text file {file} (downloaded)', 'download'
+        except download.SourceUnreachable as e:
+            tried.append(f'download: offline: {e}')
+        except download.DownloadError as e:
+            raise CorpusUnavailableError(f'{TFDS_NAME}: download failed: {e}') from None
+    if text is None and source in ('auto', 'tfds'):
+        ok, why = _tfds_usable()
+        if ok:
+            text, where, kind = _load_tfds(), f'tensorflow-datasets {TFDS_NAME} ({why})', 'tfds'
+        else:
+            tried.append(f'tfds: tensorflow-datasets {TFDS_NAME}: {why}')
+    if text is None and source == 'embedded':
+        tried.append('embedded: no text corpus ships inside a package')
+    if text is None:
+        forced = '' if source == 'auto' else f' (data.source {source!r} was asked for)'
+        raise CorpusUnavailableError(
+            f'no text corpus is available{forced}. Tried:\n'
+            + ''.join(f'  - {line}\n' for line in tried)
+            + "Name a text file with --config.data.path=FILE (e.g. tiny shakespeare's "
+            f'input.txt), connect to the network (it is downloaded once into '
+            f'{download.cache_dir()}), or set $DEEPGEN_DATA_MIRROR to a mirror of input.txt.')
+    record({'dataset': 'text', 'split': '', 'source': kind, 'where': where,
+            'characters': len(text)})
+    return text, where
 
 
 def _read(path) -> str:

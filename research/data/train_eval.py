@@ -18,10 +18,10 @@ from research.data.transforms import hold_out
 
 def load_train_eval(name: str, *, train_split: str = 'train', train_dir: str = '',
                     eval_split: str = 'test', eval_dir: str = '', heldout: int = 0,
-                    seed: int = 0) -> tuple[Split, Split, str]:
+                    seed: int = 0, source: str = 'auto') -> tuple[Split, Split, str]:
     """(train, evaluation, 'test' or 'heldout'). 'test' means a separate split, disjoint from the
     training data, even when it is another split's data (MNIST's training digits as the test set
-    of a run trained on its test split)."""
+    of a run trained on its test split). `source` is load()'s, for both splits."""
     def place(directory):  # where load() reads from: this directory, the environment's, or ''
         directory = directory or os.environ.get(env_var(name), '')
         return os.path.realpath(directory) if directory else ''
@@ -30,10 +30,10 @@ def load_train_eval(name: str, *, train_split: str = 'train', train_dir: str = '
         raise ValueError(f'train and evaluation data would both be {name}/{train_split} from '
                          f'{place(train_dir) or "the default source"}; choose different '
                          'splits or directories')
-    train = load(name, train_split, train_dir or None)
+    train = load(name, train_split, train_dir or None, source)
     named = bool(eval_dir or os.environ.get(env_var(name)))
     try:
-        evaluation = load(name, eval_split, eval_dir or None)
+        evaluation = load(name, eval_split, eval_dir or None, source)
     except DatasetUnavailableError as e:
         if named or heldout <= 0:
             raise
@@ -50,17 +50,19 @@ def load_train_eval(name: str, *, train_split: str = 'train', train_dir: str = '
 
 def load_splits(section, seed: int) -> tuple[Split, Split, str]:
     """`load_train_eval` as an experiment's config names it: a data section with `name` and any
-    of train_split, train_dir, test_split, test_dir, heldout (their defaults otherwise)."""
+    of train_split, train_dir, test_split, test_dir, heldout, source (their defaults otherwise)."""
     get = lambda key, default: section[key] if key in section else default
     return load_train_eval(section['name'], train_split=get('train_split', 'train'),
                            train_dir=get('train_dir', ''), eval_split=get('test_split', 'test'),
-                           eval_dir=get('test_dir', ''), heldout=get('heldout', 0), seed=seed)
+                           eval_dir=get('test_dir', ''), heldout=get('heldout', 0), seed=seed,
+                           source=get('source', 'auto'))
 
 
 def describe(train: Split, evaluation: Split, name: str) -> dict:
     """Where a result's data came from, for its JSON: the evaluation split's name ('test' or
     'heldout'), each split's source and size."""
     return {'evaluated_on': name, 'train_source': train.source, 'test_source': evaluation.source,
+            'train_from': train.kind, 'test_from': evaluation.kind,
             'train_examples': len(train.labels), 'test_examples': len(evaluation.labels)}
 
 

@@ -149,6 +149,18 @@ def summary_rows(run: Run) -> list[tuple[str, str]]:
                                    f'{len(speeds)} logging windows; last {speeds[-1]:,.0f})'))
     if run.starts:
         rows.append(('starts', str(len(run.starts))))
+        rows.extend(data_rows(run.starts[-1].get('data') or []))
+    return rows
+
+
+def data_rows(used: list[dict]) -> list[tuple[str, str]]:
+    """One row per dataset the latest start used: how much of it, from which source."""
+    rows = []
+    for entry in used:
+        name = entry['dataset'] + (f'/{entry["split"]}' if entry.get('split') else '')
+        unit = 'examples' if 'examples' in entry else 'characters'
+        rows.append((f'data {name}', f'{entry.get(unit, 0):,} {unit} from {entry["source"]}: '
+                                     f'{entry["where"]}'))
     return rows
 
 

@@ -66,17 +66,20 @@ def experiment_main(name: str, run, check_config=None):
         config = flags.FLAGS.config
         workdir = flags.FLAGS.workdir or os.path.join(
             'runs', name + ('' if config.preset == 'default' else f'_{config.preset}'))
-        if check_config is not None:
-            try:
+        try:
+            if 'data' in config and 'source' in config.data:
+                data.check_source(config.data.source)
+            if check_config is not None:
                 check_config(config)
-            except ValueError as e:
-                sys.exit(f'FATAL bad config: {e}')
+        except ValueError as e:
+            sys.exit(f'FATAL bad config: {e}')
         if flags.FLAGS.debug:
             enable_debug()
         try:
             distributed.initialize_if_requested()
         except ValueError as e:
             sys.exit(f'FATAL bad multi-process setup: {e}')
+        data.reset_loaded()
         try:
             run(config, workdir)
         except (data.DatasetUnavailableError, data.CorpusChangedError) as e:

@@ -10,6 +10,10 @@ saves checkpoints collectively.
 Anywhere else (e.g. two processes on one machine, as the tests do) name the cluster yourself:
 DEEPGEN_COORDINATOR=host:port, DEEPGEN_NUM_PROCESSES=N and DEEPGEN_PROCESS_ID=i. On CPUs the
 cross-process collectives go through gloo.
+
+A process that dies without warning (SIGKILL, a lost host) is declared dead by JAX's distributed
+service once it has sent no heartbeat for $DEEPGEN_HEARTBEAT_TIMEOUT_S seconds (default 100); the
+service then names it and stops the others, so nobody hangs on a collective forever.
 """
 import os
 

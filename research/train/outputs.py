@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from research import files
+from research import data, files
 from research.train.images import save_png
 
 
@@ -105,10 +105,13 @@ def _flatten(tree: dict, prefix: str = '') -> dict:
 
 
 def save_config(config, workdir: str) -> dict:
-    """Writes workdir/config.json; returns {key: (old, new)} for keys changed since last time
-    (on process 0, which warns about each; {} elsewhere)."""
+    """Writes workdir/config.json, with `data_used`: what served each dataset loaded so far
+    (research.data.loaded(), so call it after loading); returns {key: (old, new)} for keys
+    changed since last time (on process 0, which warns about each; {} elsewhere)."""
     path = os.path.join(workdir, 'config.json')
     new = json.loads(config.to_json())
+    if data.loaded():
+        new['data_used'] = data.loaded()
     changed = {}
     if is_writer() and files.exists(path):
         with files.open(path) as f:

@@ -17,7 +17,7 @@ from importlib import metadata
 
 import jax
 
-from research import files
+from research import data, files
 from research.train.outputs import Outputs, is_writer
 
 FILENAME = 'run_info.json'
@@ -90,6 +90,7 @@ def collect(step: int | None = None) -> dict:
         'cpus_usable': len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else None,
         'memory_gib': _memory_gib(),
         'git_commit': git_commit(),
+        'data': data.loaded(),  # what served each dataset: source, where, examples
     }
 
 
