@@ -165,8 +165,10 @@ def _from_download(dataset: Dataset, split: str, data_dir) -> tuple[Split | None
                 directory = download.fetch(name)
             except download.SourceUnreachable as e:
                 _UNREACHABLE[first] = f'offline: {e}'
-            except download.DownloadError as e:
-                raise DatasetUnavailableError(f'{name}/{split}: download failed: {e}') from None
+            except download.DownloadError as e:  # the host (or a proxy, a portal) answered
+                raise DatasetUnavailableError(
+                    f'{name}/{split}: download failed: {e}; not falling back to other sources '
+                    '(--config.data.source names one, e.g. embedded)') from None
         if directory is None:
             return None, [f'download: {_UNREACHABLE[first]}']
     return Split(*dataset.reader.read(directory, split),

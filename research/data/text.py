@@ -86,7 +86,9 @@ def load_corpus(path: str = '', source: str = 'auto') -> tuple[str, str]:
         except download.SourceUnreachable as e:
             tried.append(f'download: offline: {e}')
         except download.DownloadError as e:
-            raise CorpusUnavailableError(f'{TFDS_NAME}: download failed: {e}') from None
+            raise CorpusUnavailableError(
+                f'{TFDS_NAME}: download failed: {e}; not falling back to other sources '
+                '(--config.data.source names one, or --config.data.path a file)') from None
     if text is None and source in ('auto', 'tfds'):
         ok, why = _tfds_usable()
         if ok:
