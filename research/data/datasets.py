@@ -40,6 +40,7 @@ from research.data.tfds_probe import tfds_available
 SPLITS = ('train', 'test')
 SOURCES = ('auto', 'dir', 'download', 'tfds', 'embedded')
 _LOADED: dict[tuple[str, str], dict] = {}  # (name, split) -> what served it, in this process
+_UNREACHABLE: dict[str, str] = {}  # first file's URL -> why it could not be reached
 
 
 class DatasetUnavailableError(RuntimeError):
@@ -173,9 +174,6 @@ def _from_download(dataset: Dataset, split: str, data_dir) -> tuple[Split | None
             return None, [f'download: {_UNREACHABLE[first]}']
     return Split(*dataset.reader.read(directory, split),
                  f'{dataset.reader.contents} downloaded to {directory}'), []
-
-
-_UNREACHABLE: dict[str, str] = {}  # first file's URL -> why it could not be reached
 
 
 def _from_tfds(dataset: Dataset, split: str, data_dir) -> tuple[Split | None, list[str]]:
