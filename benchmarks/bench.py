@@ -20,7 +20,6 @@ decay on a fixed random binary batch, non-persistent (CD-1) as in the PyTorch re
 `--kernels plain` times the plain Flax layers instead of the fast ones (research/models/fast).
 PyTorch eager references of the same networks: `benchmarks/torch_reference.py`.
 """
-import argparse
 import json
 import statistics
 import time
@@ -30,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import char_lm, dbn_mnist, gan_mnist, vae_mnist
+from research import errors
 from research.models.rbm import init_rbm
 from research.objectives.rbm import init_rbm_state, make_cd_step
 
@@ -111,20 +111,22 @@ def measure(model: str, batch: int, steps: int, repeats: int, warmup: int,
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = errors.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('model', choices=sorted(MODELS))
-    parser.add_argument('--batch', type=int, default=None,
+    parser.add_argument('--batch', type=errors.positive_int, default=None,
                         help='default 128 (12 for transformer)')
-    parser.add_argument('--steps', type=int, default=20, help='steps per timed repetition')
-    parser.add_argument('--repeats', type=int, default=5)
-    parser.add_argument('--warmup', type=int, default=3)
+    parser.add_argument('--steps', type=errors.positive_int, default=20, help='steps per timed repetition')
+    parser.add_argument('--repeats', type=errors.positive_int, default=5)
+    parser.add_argument('--warmup', type=errors.positive_int, default=3)
     parser.add_argument('--kernels', default='auto', choices=('auto', 'fast', 'plain'),
                         help="the models' layers (research/models/fast)")
     args = parser.parse_args(argv)
     if args.batch is None:
         args.batch = DEFAULT_BATCH.get(args.model, 128)
-    print(json.dumps(measure(args.model, args.batch, args.steps, args.repeats, args.warmup,
-                             args.kernels)), flush=True)
+    with errors.reported():
+        result = measure(args.model, args.batch, args.steps, args.repeats, args.warmup,
+                         args.kernels)
+    print(json.dumps(result), flush=True)
 
 
 if __name__ == '__main__':

@@ -10,7 +10,6 @@ step of N vmapped MLP-GAN members against one member; the N runs made one after 
 have the single run's examples/s, so the ratio is what one program gains. Each prints one JSON
 line; examples/s count every member's examples, medians over --repeats timings.
 """
-import argparse
 import json
 import statistics
 import time
@@ -20,6 +19,7 @@ import numpy as np
 
 from benchmarks.bench import IMAGE_SHAPE
 from experiments import gan_mnist, vae_mnist
+from research import errors
 from research.data import BatchPipeline
 from research.train import mesh as mesh_lib, population
 from research.train.fused import FusedSteps
@@ -96,19 +96,20 @@ def populations(model: str, batch: int, members: int, steps: int, repeats: int) 
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = errors.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('bench', choices=['fused', 'population'])
     parser.add_argument('model', choices=['mlpgan', 'vae'])
-    parser.add_argument('--batch', type=int, default=32)
-    parser.add_argument('--k', type=int, default=10, help='steps per dispatch (fused)')
-    parser.add_argument('--members', type=int, default=8, help='population size')
-    parser.add_argument('--steps', type=int, default=50, help='steps per timed repetition')
-    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--batch', type=errors.positive_int, default=32)
+    parser.add_argument('--k', type=errors.positive_int, default=10, help='steps per dispatch (fused)')
+    parser.add_argument('--members', type=errors.positive_int, default=8, help='population size')
+    parser.add_argument('--steps', type=errors.positive_int, default=50, help='steps per timed repetition')
+    parser.add_argument('--repeats', type=errors.positive_int, default=5)
     args = parser.parse_args(argv)
-    if args.bench == 'fused':
-        result = fused(args.model, args.batch, args.k, args.steps, args.repeats)
-    else:
-        result = populations(args.model, args.batch, args.members, args.steps, args.repeats)
+    with errors.reported():
+        if args.bench == 'fused':
+            result = fused(args.model, args.batch, args.k, args.steps, args.repeats)
+        else:
+            result = populations(args.model, args.batch, args.members, args.steps, args.repeats)
     print(json.dumps(result), flush=True)
 
 

@@ -15,7 +15,6 @@ and dtype). `compare` prints each difference by case and name, and exits 1 if th
 A case is an experiment, a preset and --config overrides. Where a refactor renames a config key
 the case's overrides change with it (the CASES table says so); the maths must not.
 """
-import argparse
 import hashlib
 import json
 import os
@@ -24,6 +23,8 @@ import sys
 import tempfile
 
 import numpy as np
+
+from research import errors
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WALL_CLOCK = ('time', 'examples_per_s')
@@ -67,7 +68,10 @@ def checkpoint_leaves(directory: str) -> dict:
     import jax
     import orbax.checkpoint as ocp
     steps = sorted(int(n) for n in os.listdir(directory) if n.isdigit())
-    tree = ocp.StandardCheckpointer().restore(os.path.join(directory, str(steps[-1]), 'default'))
+    step = os.path.join(directory, str(steps[-1]))
+    item = 'state' if os.path.isdir(os.path.join(step, 'state')) else 'default'  # before digests
+    with ocp.StandardCheckpointer() as checkpointer:
+        tree = checkpointer.restore(os.path.join(step, item))
     leaves = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
         value = np.asarray(leaf)
@@ -150,13 +154,21 @@ def differences(a, b, where: str):
         yield f'{where}: {str(a)[:100]} != {str(b)[:100]}'
 
 
+def _read_fingerprint(path: str) -> dict:
+    try:
+        with open(path, encoding='utf-8') as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise errors.UserError(f'{path}: not a readable fingerprint file ({e})') from e
+
+
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = errors.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest='verb', required=True)
     rec = sub.add_parser('record')
     rec.add_argument('out')
     rec.add_argument('--cases', nargs='*', choices=sorted(CASES), default=list(CASES))
-    rec.add_argument('--devices', type=int, default=1, help='CPU devices per run')
+    rec.add_argument('--devices', type=errors.positive_int, default=1, help='CPU devices per run')
     cmp = sub.add_parser('compare')
     cmp.add_argument('first')
     cmp.add_argument('second')
@@ -164,10 +176,8 @@ def main():
     if args.verb == 'record':
         record(args.cases, args.out, args.devices)
         return
-    with open(args.first, encoding='utf-8') as f:
-        first = json.load(f)
-    with open(args.second, encoding='utf-8') as f:
-        second = json.load(f)
+    with errors.reported():
+        first, second = _read_fingerprint(args.first), _read_fingerprint(args.second)
     found = 0
     for case in sorted(first.keys() & second.keys()):
         diffs = list(differences(first[case]['files'], second[case]['files'], case))

@@ -17,7 +17,6 @@ import math
 import jax
 import ml_collections
 import numpy as np
-from absl import app
 
 from research import data
 from research.evals.lm import make_lm_evaluator
@@ -27,15 +26,14 @@ from research.models.transformer import POSITIONS
 from research.objectives.lm import init_lm_state, make_generate, make_lm_step
 from research.objectives.optim import adamw
 from research.objectives.state import count_params
-from research.train import loop
-from research.train.cli import check_preset, define_flags, experiment_main
+from research.train import cli, loop
 from research.train.outputs import Outputs, save_config
 
 PRESETS = ('default', 'lstm', 'gpt', 'smoke')
 
 
 def get_config(preset: str = 'default') -> ml_collections.ConfigDict:
-    check_preset('char_lm', preset, PRESETS)
+    cli.check_preset('char_lm', preset, PRESETS)
     c = ml_collections.ConfigDict()
     c.preset, c.seed = preset, 0
     c.data = dict(path='', seq_len=64, source='auto')  # seq_len: window = Transformer context
@@ -146,5 +144,4 @@ def run(config: ml_collections.ConfigDict, workdir: str):
 
 
 if __name__ == '__main__':  # flags only when run, not when loaded as a config file
-    define_flags(__file__, 'runs/char_lm[_PRESET]')
-    app.run(experiment_main('char_lm', run, check_config))
+    cli.main(__file__, 'char_lm', run, check_config)

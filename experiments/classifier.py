@@ -27,7 +27,6 @@ Full MNIST (tfds or DEEPGEN_MNIST_DIR) is not measured: judge_mnist with
 command, and 99.3% the bar such a CNN should pass.
 """
 import ml_collections
-from absl import app
 
 from research import data
 from research.evals import classification, judge
@@ -35,15 +34,14 @@ from research.models.classifier import ARCHS, make_classifier
 from research.objectives.classifier import (check_augment, init_classifier_state,
                                             make_classifier_step)
 from research.objectives.optim import adamw
-from research.train import loop
-from research.train.cli import check_preset, define_flags, experiment_main
+from research.train import cli, loop
 from research.train.outputs import Outputs, save_config
 
 PRESETS = ('default', 'mlp', 'judge_mnist', 'judge_fashion_mnist', 'cifar10', 'smoke')
 
 
 def get_config(preset: str = 'default') -> ml_collections.ConfigDict:
-    check_preset('classifier', preset, PRESETS)
+    cli.check_preset('classifier', preset, PRESETS)
     c = ml_collections.ConfigDict()
     c.preset, c.seed = preset, 0
     c.data = dict(name='mnist', train_split='train', train_dir='', test_split='test',
@@ -130,5 +128,4 @@ def run(config: ml_collections.ConfigDict, workdir: str):
 
 
 if __name__ == '__main__':  # flags only when run, not when loaded as a config file
-    define_flags(__file__, 'runs/classifier[_PRESET]')
-    app.run(experiment_main('classifier', run, check_config))
+    cli.main(__file__, 'classifier', run, check_config)

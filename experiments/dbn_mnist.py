@@ -14,7 +14,6 @@ references and the config meant to approach them on full MNIST (not measured her
 import jax
 import ml_collections
 import numpy as np
-from absl import app
 
 from research import data
 from research.evals import ais, rbm as rbm_eval
@@ -27,15 +26,14 @@ from research.objectives.classifier import make_classifier_step
 from research.objectives.dbn import init_finetune_state, init_layer_state, make_layer_step, pixels
 from research.objectives.optim import adamw
 from research.objectives.rbm import learning_rate
-from research.train import loop
-from research.train.cli import check_preset, define_flags, experiment_main
+from research.train import cli, loop
 from research.train.outputs import Outputs, save_config
 
 PRESETS = ('default', 'smoke')
 
 
 def get_config(preset: str = 'default') -> ml_collections.ConfigDict:
-    check_preset('dbn_mnist', preset, PRESETS)
+    cli.check_preset('dbn_mnist', preset, PRESETS)
     c = ml_collections.ConfigDict()
     c.preset, c.seed = preset, 0
     c.data = dict(name='mnist', train_split='train', train_dir='', test_split='test',
@@ -146,5 +144,4 @@ def run(config: ml_collections.ConfigDict, workdir: str):
 
 
 if __name__ == '__main__':  # flags only when run, not when loaded as a config file
-    define_flags(__file__, 'runs/dbn_mnist[_PRESET]')
-    app.run(experiment_main('dbn_mnist', run, check_config))
+    cli.main(__file__, 'dbn_mnist', run, check_config)

@@ -16,17 +16,17 @@ import jax
 import ml_collections
 import numpy as np
 import optax
-from absl import app, logging
+from absl import logging
 
 from research import data
 from research.evals.evaluator import in_chunks
+from research.evals.judge import check_judge
 from research.evals.score_samples import score_metrics
 from research.models import fast
-from research.models.gan import make_gan
+from research.models.gan import ARCHS, make_gan
 from research.objectives.gan import (LOSSES, PENALTIES, init_gan_state, lookup, make_gan_step,
                                      make_sampler)
-from research.train import loop, population
-from research.train.cli import check_preset, define_flags, experiment_main
+from research.train import cli, loop, population
 from research.train.images import image_grid
 from research.train.outputs import Outputs, save_config
 
@@ -34,7 +34,7 @@ PRESETS = ('default', 'mlp', 'smoke')
 
 
 def get_config(preset: str = 'default') -> ml_collections.ConfigDict:
-    check_preset('gan_mnist', preset, PRESETS)
+    cli.check_preset('gan_mnist', preset, PRESETS)
     c = ml_collections.ConfigDict()
     c.preset, c.seed = preset, 0
     c.data = dict(name='mnist', data_dir='', source='auto')  # research.data: the sources
@@ -66,6 +66,8 @@ def get_config(preset: str = 'default') -> ml_collections.ConfigDict:
 
 def check_config(config: ml_collections.ConfigDict, losses=LOSSES) -> None:
     """Rejects bad choices before anything is loaded, built or written."""
+    if config.model.arch not in ARCHS:
+        raise ValueError(f'unknown model.arch {config.model.arch!r}; known: {", ".join(ARCHS)}')
     lookup(losses, config.loss.kind, 'GAN loss')
     lookup(PENALTIES, config.loss.penalty, 'GAN penalty')
     fast.check_kernels(config.model.kernels)
@@ -73,6 +75,8 @@ def check_config(config: ml_collections.ConfigDict, losses=LOSSES) -> None:
     if config.population_lr and len(config.population_lr) != config.population:
         raise ValueError(f'population_lr lists {len(config.population_lr)} learning rates for a '
                          f'population of {config.population}: give one per member')
+    if config.scores.at_end or config.scores.every:
+        check_judge(config.data.name, '--config.scores.at_end=False --config.scores.every=0')
 
 
 def build(config: ml_collections.ConfigDict, image_shape, losses=LOSSES):
@@ -146,5 +150,4 @@ def run(config: ml_collections.ConfigDict, workdir: str, losses=LOSSES):
 
 
 if __name__ == '__main__':  # flags only when run, not when loaded as a config file
-    define_flags(__file__, 'runs/gan_mnist[_PRESET]')
-    app.run(experiment_main('gan_mnist', run, check_config))
+    cli.main(__file__, 'gan_mnist', run, check_config)

@@ -18,7 +18,6 @@ Measured on this project's reference machine (2 CPU cores, jax 0.10.2):
 Reference: row-wise LSTMs reach about 98.6% on MNIST after 5 epochs (Keras example).
 """
 import ml_collections
-from absl import app
 
 from research import data
 from research.evals import classification
@@ -27,15 +26,14 @@ from research.models.recurrent import RNN_KINDS
 from research.models.sequence import RowLSTMClassifier
 from research.objectives.classifier import init_classifier_state, make_classifier_step
 from research.objectives.optim import adamw
-from research.train import loop
-from research.train.cli import check_preset, define_flags, experiment_main
+from research.train import cli, loop
 from research.train.outputs import Outputs, save_config
 
 PRESETS = ('default', 'smoke')
 
 
 def get_config(preset: str = 'default') -> ml_collections.ConfigDict:
-    check_preset('rowwise_mnist', preset, PRESETS)
+    cli.check_preset('rowwise_mnist', preset, PRESETS)
     c = ml_collections.ConfigDict()
     c.preset, c.seed = preset, 0
     c.data = dict(name='mnist', train_dir='', test_dir='', heldout=1000, source='auto')
@@ -94,5 +92,4 @@ def run(config: ml_collections.ConfigDict, workdir: str):
 
 
 if __name__ == '__main__':  # flags only when run, not when loaded as a config file
-    define_flags(__file__, 'runs/rowwise_mnist[_PRESET]')
-    app.run(experiment_main('rowwise_mnist', run, check_config))
+    cli.main(__file__, 'rowwise_mnist', run, check_config)

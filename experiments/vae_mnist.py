@@ -21,26 +21,25 @@ import jax
 import ml_collections
 import numpy as np
 import optax
-from absl import app
 
 from research import data
 from research.evals import likelihood as likelihood_eval
 from research.evals.evaluator import in_chunks
+from research.evals.judge import check_judge
 from research.evals.score_samples import score_metrics
 from research.evals.vae_pictures import VAEPictures, pick
 from research.models import fast
 from research.models.vae import ARCHS, make_vae
 from research.objectives import likelihoods
 from research.objectives.vae import OBJECTIVES, init_vae_state, make_vae_step
-from research.train import loop
-from research.train.cli import check_preset, define_flags, experiment_main
+from research.train import cli, loop
 from research.train.outputs import Outputs, save_config
 
 PRESETS = ('default', 'conv', 'smoke')
 
 
 def get_config(preset: str = 'default') -> ml_collections.ConfigDict:
-    check_preset('vae_mnist', preset, PRESETS)
+    cli.check_preset('vae_mnist', preset, PRESETS)
     c = ml_collections.ConfigDict()
     c.preset, c.seed = preset, 0
     c.data = dict(name='mnist', train_split='train', train_dir='', test_split='test',
@@ -74,6 +73,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if config.data.binarize not in ('dynamic', 'fixed'):
         raise ValueError(f"data.binarize must be 'dynamic' or 'fixed', got "
                          f"{config.data.binarize!r}")
+    if config.scores.at_end:
+        check_judge(config.data.name, '--config.scores.at_end=False')
     if config.eval.k % config.eval.chunk:
         raise ValueError(f'eval.k ({config.eval.k}) must be a multiple of eval.chunk '
                          f'({config.eval.chunk})')
@@ -144,5 +145,4 @@ def run(config: ml_collections.ConfigDict, workdir: str):
 
 
 if __name__ == '__main__':  # flags only when run, not when loaded as a config file
-    define_flags(__file__, 'runs/vae_mnist[_PRESET]')
-    app.run(experiment_main('vae_mnist', run, check_config))
+    cli.main(__file__, 'vae_mnist', run, check_config)

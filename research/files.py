@@ -39,6 +39,13 @@ def makedirs(path) -> None:
         os.makedirs(path, exist_ok=True)
 
 
+def remove(path) -> None:
+    if is_url(path):
+        _remote(path).unlink()
+    else:
+        os.remove(path)
+
+
 def replace(source, target) -> None:
     """Renames source to target, overwriting it (atomic on a local filesystem)."""
     if is_url(source):

@@ -122,45 +122,14 @@ def test_presets():
         gan_mnist.get_config('nope')
 
 
-# Command lines, as subprocesses started together: each spends seconds importing jax.
-
-CLI = {
-    'unknown_key': ['-m', 'experiments.gan_mnist', '--config.train.nope=1'],
-    'type_change': ['-m', 'experiments.gan_mnist', '--config.train.steps=1.5'],
-    'bad_source': ['-m', 'experiments.gan_mnist', '--config.data.source=web'],
-    'bench': ['-m', 'benchmarks.bench', 'mlpgan', '--batch', '8', '--steps', '2', '--repeats', '1',
-              '--warmup', '1'],
-}
-
+# The benchmark's command line.
 
 @pytest.fixture(scope='module')
-def cli(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp('cli')
-    processes = {}
-    for name, args in CLI.items():
-        if args[1] == 'experiments.gan_mnist':
-            args = args + ['--workdir', str(workdir / name)]
-        processes[name] = subprocess.Popen([sys.executable, *args], cwd=REPO, text=True,
-                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    results = {}
-    for name, process in processes.items():
-        stdout, stderr = process.communicate(timeout=120)
-        results[name] = (process.returncode, stdout, stderr)
-    return workdir, results
-
-
-@pytest.mark.parametrize('name, mention', [
-    ('unknown_key', "'nope'"),
-    ('type_change', "flag --config.train.steps=1.5: invalid literal for int() with base 10: '1.5'"),
-    ('bad_source', "FATAL bad config: unknown data source 'web'; sources: auto, dir, download, "
-                   'tfds, embedded'),
-])
-def test_command_line_rejects_bad_overrides(cli, name, mention):
-    workdir, results = cli
-    returncode, _, stderr = results[name]
-    assert returncode != 0
-    assert mention in stderr
-    assert not (workdir / name).exists()  # rejected before anything ran
+def cli():
+    done = subprocess.run([sys.executable, '-m', 'benchmarks.bench', 'mlpgan', '--batch', '8',
+                           '--steps', '2', '--repeats', '1', '--warmup', '1'], cwd=REPO,
+                          text=True, capture_output=True, timeout=120)
+    return None, {'bench': (done.returncode, done.stdout, done.stderr)}
 
 
 def test_bench_times_the_experiments_own_step():

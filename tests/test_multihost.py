@@ -126,7 +126,7 @@ def records(path):
 def final_state(workdir, step):
     """The state at `step`, restored onto one device whatever topology saved it."""
     checkpointer = ocp.StandardCheckpointer()
-    path = os.path.abspath(os.path.join(workdir, 'checkpoints', str(step), 'default'))
+    path = os.path.abspath(os.path.join(workdir, 'checkpoints', str(step), 'state'))
     metadata = checkpointer.metadata(path)
     metadata = getattr(metadata, 'item_metadata', metadata)
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])

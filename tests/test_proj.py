@@ -43,7 +43,7 @@ def test_lsgan_runs_from_the_command_line_with_its_loss(tmp_path, tiny_mnist_env
     bad = subprocess.run([*command[:3], '--config.loss.kind=nope',
                           f'--workdir={tmp_path / "bad"}'], cwd=REPO, env=tiny_mnist_env,
                          capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 1
+    assert bad.returncode == 2
     assert bad.stderr.strip().splitlines()[-1] == (
         "FATAL bad config: unknown GAN loss 'nope'; known: non_saturating, hinge, wasserstein, "
         'least_squares')

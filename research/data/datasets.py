@@ -36,6 +36,7 @@ import numpy as np
 from research.data import download
 from research.data.catalog import DATASETS, Dataset, lookup
 from research.data.tfds_probe import tfds_available
+from research.errors import ConfigError, InputError, UserError
 
 SPLITS = ('train', 'test')
 SOURCES = ('auto', 'dir', 'download', 'tfds', 'embedded')
@@ -43,7 +44,7 @@ _LOADED: dict[tuple[str, str], dict] = {}  # (name, split) -> what served it, in
 _UNREACHABLE: dict[str, str] = {}  # first file's URL -> why it could not be reached
 
 
-class DatasetUnavailableError(RuntimeError):
+class DatasetUnavailableError(UserError, RuntimeError):
     """No source could serve the requested split (the message says why)."""
 
 
@@ -58,11 +59,11 @@ class Split:
         n = len(self.labels)
         if (self.images.dtype != np.uint8 or self.images.ndim != 4
                 or len(self.images) != n):
-            raise ValueError(f'{self.source}: images must be uint8 '
+            raise InputError(f'{self.source}: images must be uint8 '
                              f'({n}, H, W, C), got {self.images.dtype} '
                              f'{self.images.shape}')
         if self.labels.dtype != np.int32 or self.labels.ndim != 1:
-            raise ValueError(f'{self.source}: labels must be int32 (N,), got '
+            raise InputError(f'{self.source}: labels must be int32 (N,), got '
                              f'{self.labels.dtype} {self.labels.shape}')
 
 
@@ -76,10 +77,10 @@ def load(name: str, split: str = 'train', data_dir: str | os.PathLike | None = N
     """Returns one split of `name`, from `source` or (auto) the first source that has it."""
     dataset = lookup(name)
     if split not in SPLITS:
-        raise ValueError(f'unknown split {split!r}; known splits: {", ".join(SPLITS)}')
+        raise ConfigError(f'unknown split {split!r}; known splits: {", ".join(SPLITS)}')
     check_source(source)
     if data_dir is not None and source not in ('auto', 'dir'):
-        raise ValueError(f'data_dir {os.fspath(data_dir)!r} names a directory, but the source '
+        raise ConfigError(f'data_dir {os.fspath(data_dir)!r} names a directory, but the source '
                          f'is {source!r}: use source dir (or auto), or drop the directory')
     skipped = []  # one line per source that did not serve, and why
     result = None
@@ -97,7 +98,7 @@ def load(name: str, split: str = 'train', data_dir: str | os.PathLike | None = N
             f'{name}/{split} is not available{forced}. Tried:\n'
             + ''.join(f'  - {line}\n' for line in skipped) + _how_to_provide(dataset, split))
     if result.images.shape[1:] != dataset.image_shape:
-        raise ValueError(f'{result.source}: images of shape {result.images.shape[1:]}, but '
+        raise InputError(f'{result.source}: images of shape {result.images.shape[1:]}, but '
                          f'{name} images are {dataset.image_shape}')
     if result.kind == 'embedded':
         logging.warning('%s/%s: using %s, not the full dataset (%s). For the full set: run with '
@@ -115,7 +116,7 @@ def load(name: str, split: str = 'train', data_dir: str | os.PathLike | None = N
 
 def check_source(source: str) -> None:
     if source not in SOURCES:
-        raise ValueError(f'unknown data source {source!r}; sources: {", ".join(SOURCES)}')
+        raise ConfigError(f'unknown data source {source!r}; sources: {", ".join(SOURCES)}')
 
 
 def loaded() -> list[dict]:

@@ -19,6 +19,8 @@ import zlib
 
 import numpy as np
 
+from research.errors import UserError
+
 # Type code -> big-endian numpy dtype, as the format defines them.
 _DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype('>u1'),
@@ -34,7 +36,7 @@ _CODES: dict[np.dtype, int] = {
 _GZIP_MAGIC = b'\x1f\x8b'
 
 
-class IdxError(ValueError):
+class IdxError(UserError, ValueError):
     """A file is not well-formed IDX; the message names the file and fault."""
 
 

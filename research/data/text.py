@@ -32,6 +32,7 @@ import numpy as np
 from research.data import download
 from research.data.datasets import DatasetUnavailableError, check_source, record
 from research.data.tfds_probe import tfds_available
+from research.errors import UserError
 
 SHARED_CORPUS = os.path.join('..', 'shared', 'data', 'tinyshakespeare', 'input.txt')
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -150,7 +151,7 @@ def vocab_record(vocab: Vocab, text: str, source: str) -> dict:
             'corpus_sha256': hashlib.sha256(text.encode('utf-8')).hexdigest(), 'source': source}
 
 
-class CorpusChangedError(ValueError):
+class CorpusChangedError(UserError, ValueError):
     """A resumed run was given another corpus than the one its workdir started with."""
 
 

@@ -14,6 +14,7 @@ from absl import logging
 
 from research.data.datasets import DatasetUnavailableError, Split, env_var, load
 from research.data.transforms import hold_out
+from research.errors import ConfigError
 
 
 def load_train_eval(name: str, *, train_split: str = 'train', train_dir: str = '',
@@ -27,7 +28,7 @@ def load_train_eval(name: str, *, train_split: str = 'train', train_dir: str = '
         return os.path.realpath(directory) if directory else ''
 
     if train_split == eval_split and place(train_dir) == place(eval_dir):
-        raise ValueError(f'train and evaluation data would both be {name}/{train_split} from '
+        raise ConfigError(f'train and evaluation data would both be {name}/{train_split} from '
                          f'{place(train_dir) or "the default source"}; choose different '
                          'splits or directories')
     train = load(name, train_split, train_dir or None, source)
@@ -44,7 +45,7 @@ def load_train_eval(name: str, *, train_split: str = 'train', train_dir: str = '
                         name, eval_split, '; '.join(tried), heldout)
         return _logged(train, evaluation, 'heldout')
     if train.source == evaluation.source and train_split == eval_split:
-        raise ValueError(f'train and evaluation data are the same: {train.source}')
+        raise ConfigError(f'train and evaluation data are the same: {train.source}')
     return _logged(train, evaluation, 'test')
 
 

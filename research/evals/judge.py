@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from research.data import DATASETS, images_to_float
+from research.errors import ConfigError, Fatal
 from research.evals.evaluator import DatasetEvaluator
 from research.models.classifier import JudgeCNN
 from research.train import mesh as mesh_lib
@@ -73,7 +74,7 @@ JUDGES = {
 }
 
 
-class JudgeChecksumError(RuntimeError):
+class JudgeChecksumError(Fatal, RuntimeError):
     """A judge's weights file is not the pinned one."""
 
 
@@ -147,10 +148,18 @@ class Judge:
         return self._probs(self.params, self._check(images), self._key)
 
 
+def check_judge(dataset: str, turn_off: str) -> None:
+    """Refuses, before training, a run that would score `dataset` samples without a judge."""
+    if dataset not in JUDGES:
+        raise ConfigError(f'no pinned judge scores {dataset} samples (judges: '
+                          f'{", ".join(JUDGES)}): turn scoring off with {turn_off}, or train '
+                          'a judge (experiments/classifier.py) and pin it in JUDGES')
+
+
 def load_judge(dataset: str) -> Judge:
     """The pinned judge for `dataset`, its weights verified against `JUDGES`."""
     if dataset not in JUDGES:
-        raise ValueError(f'no judge for dataset {dataset!r}; judges exist for: '
+        raise ConfigError(f'no judge for dataset {dataset!r}; judges exist for: '
                          f'{", ".join(JUDGES)}')
     info = JUDGES[dataset]
     source = weights_file(dataset)

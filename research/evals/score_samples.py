@@ -21,17 +21,16 @@ a model's numbers. FID falls as N grows, so compare numbers at equal N (the expe
 the reference features are computed once per process for each (dataset, split, data source,
 judge).
 """
-import argparse
 import dataclasses
 import json
 import os
-import sys
 import time
 
 import numpy as np
 from absl import logging
 
-from research import data
+from research import data, errors
+from research.errors import ConfigError, InputError
 from research.evals.sample_quality import (classifier_score, feature_stats, frechet_distance,
                                            kernel_distance)
 
@@ -66,7 +65,7 @@ def score_images(images: np.ndarray, dataset: str, *, reference_images: np.ndarr
 
         judge = load_judge(dataset)
     if judge.dataset != dataset:
-        raise ValueError(f'the judge was trained on {judge.dataset!r}, not on {dataset!r}')
+        raise ConfigError(f'the judge was trained on {judge.dataset!r}, not on {dataset!r}')
     if reference_images is not None:
         _check_images(reference_images, 'reference_images')
         reference = _featurize(judge, reference_images,
@@ -74,7 +73,7 @@ def score_images(images: np.ndarray, dataset: str, *, reference_images: np.ndarr
     else:
         reference = _reference(judge, dataset, reference_split, data_dir)
     if images.shape[1:] != reference.image_shape:
-        raise ValueError(f'images have shape {images.shape[1:]} per image, the {dataset} '
+        raise ConfigError(f'images have shape {images.shape[1:]} per image, the {dataset} '
                          f'reference {reference.image_shape}')
     features = judge.features(images)
     kid, kid_std = kernel_distance(features, reference.features, subsets=kid_subsets,
@@ -102,18 +101,20 @@ def load_samples(path: str, key: str = 'images') -> np.ndarray:
     """The uint8 (N, H, W, C) array under `key` in the .npz file `path`, or a clear error."""
     try:
         archive = np.load(path, allow_pickle=False)
+    except OSError as e:
+        raise InputError(f'{path}: cannot be read ({e.strerror or e})') from e
     except ValueError as e:  # neither .npz nor .npy, or a pickled .npy
-        raise ValueError(f'{path}: not an .npz archive ({e})') from e
+        raise InputError(f'{path}: not an .npz archive ({e})') from e
     if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise ValueError(f'{path}: holds a single .npy array {archive.dtype} {archive.shape}, '
+        raise InputError(f'{path}: holds a single .npy array {archive.dtype} {archive.shape}, '
                          f'not an .npz archive with key {key!r}')
     with archive:
         if key not in archive.files:
-            raise ValueError(f'{path}: no key {key!r}; keys found: {archive.files or "none"}')
+            raise InputError(f'{path}: no key {key!r}; keys found: {archive.files or "none"}')
         try:
             images = archive[key]
         except ValueError as e:  # object arrays need pickle, which we never load
-            raise ValueError(f'{path}: key {key!r} cannot be read: {e}') from e
+            raise InputError(f'{path}: key {key!r} cannot be read: {e}') from e
     _check_images(images, f'{path}: key {key!r}')
     return images
 
@@ -122,9 +123,9 @@ def _check_images(images, what: str):
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
         found = (f'{images.dtype} of shape {images.shape}' if isinstance(images, np.ndarray)
                  else type(images).__name__)
-        raise ValueError(f'{what} must be uint8 images of shape (N, H, W, C), found {found}')
+        raise InputError(f'{what} must be uint8 images of shape (N, H, W, C), found {found}')
     if len(images) < CLASSIFIER_SCORE_SPLITS:
-        raise ValueError(f'{what} holds {len(images)} images; scoring needs at least '
+        raise InputError(f'{what} holds {len(images)} images; scoring needs at least '
                          f'{CLASSIFIER_SCORE_SPLITS} (the classifier score splits)')
 
 
@@ -145,7 +146,7 @@ def _featurize(judge, images: np.ndarray, description: str) -> _Reference:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = errors.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('samples', nargs='?', help='.npz file with uint8 images under `images`')
     parser.add_argument('--dataset', required=True, choices=tuple(data.DATASETS))
     parser.add_argument('--floor', action='store_true',
@@ -167,7 +168,7 @@ def main(argv=None):
         parser.error(f'--limit must be positive, got {args.limit}')
 
     start = time.perf_counter()
-    try:
+    with errors.reported():
         if args.floor:
             try:
                 test = data.load(args.dataset, 'test', args.test_dir)
@@ -181,8 +182,6 @@ def main(argv=None):
         result = score_images(images[:args.limit], args.dataset,
                               reference_split=args.reference_split, data_dir=args.data_dir,
                               kid_subsets=args.kid_subsets)
-    except (ValueError, OSError, data.DatasetUnavailableError) as e:
-        sys.exit(f'FATAL {e}')
     result = {'samples': samples, **result, 'seconds': round(time.perf_counter() - start, 2)}
     print(json.dumps(result), flush=True)
 

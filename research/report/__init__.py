@@ -9,8 +9,9 @@ URIs and inline CSS, so it opens offline, mailed or attached to an issue, and lo
   page.py      the HTML page
   markdown.py  the Markdown summary
 """
-import argparse
 import os
+
+from research import errors
 
 from research.report import page
 from research.report.markdown import markdown
@@ -23,7 +24,7 @@ def write_report(workdir: str, out: str | None = None) -> tuple[str, str]:
     html_path = out or os.path.join(workdir, 'report.html')
     md_path = os.path.splitext(html_path)[0] + '.md'
     if md_path == html_path:
-        raise ValueError(f'--out {out} ends in .md, where the Markdown summary goes; name the '
+        raise errors.InputError(f'--out {out} ends in .md, where the Markdown summary goes; name the '
                          'HTML file (e.g. report.html)')
     os.makedirs(os.path.dirname(os.path.abspath(html_path)), exist_ok=True)
     with open(html_path, 'w', encoding='utf-8') as f:
@@ -34,13 +35,16 @@ def write_report(workdir: str, out: str | None = None) -> tuple[str, str]:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = errors.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('workdir', help='a run directory (holding metrics.jsonl)')
     parser.add_argument('--out', help='HTML path (default WORKDIR/report.html); the Markdown '
                                       'summary goes beside it with the suffix .md')
     args = parser.parse_args(argv)
-    try:
-        html_path, md_path = write_report(args.workdir, args.out)
-    except (OSError, ValueError) as e:
-        raise SystemExit(f'FATAL {e}') from None
+    with errors.reported():
+        try:
+            html_path, md_path = write_report(args.workdir, args.out)
+        except OSError as e:
+            if errors.is_disk_full(e):
+                raise
+            raise errors.UserError(str(e)) from e
     print(f'wrote {html_path} and {md_path}')

@@ -15,6 +15,7 @@ import re
 import shlex
 import statistics
 
+from research.errors import InputError
 from research.train.metrics import format_duration
 from research.train.run_info import FILENAME as RUN_INFO, read_run_info
 
@@ -40,7 +41,7 @@ def _read_json(path: str):
         try:
             return json.load(f)
         except json.JSONDecodeError as e:
-            raise ValueError(f'{path}, line {e.lineno}: not valid JSON ({e.msg})') from None
+            raise InputError(f'{path}, line {e.lineno}: not valid JSON ({e.msg})') from None
 
 
 def read_metrics(path: str) -> list[dict]:
@@ -56,13 +57,13 @@ def read_metrics(path: str) -> list[dict]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f'{path}, line {number}: not valid JSON ({e.msg})') from None
+                raise InputError(f'{path}, line {number}: not valid JSON ({e.msg})') from None
             if not isinstance(record, dict) or not {'step', 'time'} <= record.keys():
-                raise ValueError(f'{path}, line {number}: a record is a JSON object with "step" '
+                raise InputError(f'{path}, line {number}: a record is a JSON object with "step" '
                                  f'and "time", got {line.strip()[:80]!r}')
             records.append(record)
     if not records:
-        raise ValueError(f'{path} has no records yet: nothing to report')
+        raise InputError(f'{path} has no records yet: nothing to report')
     return records
 
 

@@ -13,7 +13,8 @@ The loop
     needs (data statistics, an earlier phase's parameters) come as `init_args`, so they are
     arguments of the compiled init, not constants folded into it; with --debug (jit off) it runs
     op by op;
-  * resumes from the latest checkpoint in workdir/checkpoints if there is one: same parameters,
+  * resumes from the newest intact checkpoint in workdir/checkpoints (research.train.checkpoint
+    verifies each against its digest) if there is one: same parameters,
     optimizer state and RNG, and, since a batch is a pure function of (seed, step), the same
     next batch;
   * keeps per-step metrics on the device and fetches them at logging steps only, where it logs
@@ -21,9 +22,9 @@ The loop
     step's values for NaN/inf;
   * saves a checkpoint every `checkpoint_every` steps and after the last, never of a non-finite
     state;
-  * on SIGTERM (a preempted Cloud TPU VM, a `kill`) finishes the step in flight, saves a
-    checkpoint and exits with status 143 and a message; the same command then resumes. With
-    several processes they agree on the step through JAX's preemption sync point.
+  * on SIGTERM (a preempted Cloud TPU VM, a `kill`) or Ctrl-C finishes the step in flight, saves
+    a checkpoint and exits with status 143 (130 for Ctrl-C) and a message; the same command then
+    resumes. With several processes they agree on the step through JAX's preemption sync point.
 
 Hooks are fn(step, state, out) -> dict | None, where `out` (research.train.outputs.Outputs)
 writes files on process 0 only. `Every(n, fn)` runs after every n-th step except the last. The
@@ -44,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from research.data import Pipeline
+from research.errors import ConfigError, Fatal
 from research.train import fused, mesh as mesh_lib, run_info
 from research.train.checkpoint import Checkpointer
 from research.train.metrics import MetricWriter, Progress
@@ -52,15 +54,16 @@ from research.train.outputs import Outputs
 Hook = Callable[[int, Any, Outputs], 'dict | None']
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
+class NonFiniteLossError(Fatal):
+    """The run diverged: a loss or the state is NaN or infinite."""
 
 
 class Preempted(SystemExit):
-    """Raised after a SIGTERM once the checkpoint is saved: exit status 143 (128 + SIGTERM)."""
+    """Raised after a SIGTERM (exit status 143 = 128 + 15) or a Ctrl-C (130 = 128 + 2) once the
+    checkpoint is saved."""
 
-    def __init__(self, message: str):
-        super().__init__(143)
+    def __init__(self, message: str, status: int = 143):
+        super().__init__(status)
         self.message = message
 
     def __str__(self) -> str:
@@ -89,38 +92,51 @@ class Schedule:
         missing = [name for name in ('steps', 'log_every', 'checkpoint_every')
                    if name not in given]
         if missing:
-            raise ValueError(f'the train config lacks {", ".join(missing)}')
+            raise ConfigError(f'the train config lacks {", ".join(missing)}')
         schedule = cls(**given)
         for name, value in dataclasses.asdict(schedule).items():
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f'train.{name} must be an integer >= 1, got {value!r}')
+                raise ConfigError(f'train.{name} must be an integer >= 1, got {value!r}')
         return schedule
 
 
 class _Preemption:
-    """Whether to stop for a preemption notice: a SIGTERM flag in one process; JAX's preemption
-    sync point (every process stops at the same step) in several."""
+    """Whether to stop, for SIGTERM (a preempted Cloud TPU VM, a `kill`) or SIGINT (Ctrl-C): a
+    flag in one process; JAX's preemption sync point (every process stops at the same step) in
+    several, which a Ctrl-C joins by sending this process the SIGTERM that JAX listens for. A
+    second Ctrl-C stops at once (KeyboardInterrupt), without a checkpoint."""
 
     def __init__(self):
-        self.received = False
-        self._previous = None
+        self.signal = None  # 'SIGTERM' or 'SIGINT', once received
+        self._previous = {}
         self._multi = jax.process_count() > 1
-        if not self._multi and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT,) if self._multi else (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._handle)
 
     def _handle(self, signum, frame):
-        del signum, frame
-        self.received = True
+        del frame
+        if signum == signal.SIGINT and self.signal == 'SIGINT':
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+        if signum == signal.SIGINT:
+            os.write(2, b'\nCtrl-C: stopping after this step, with a checkpoint (press Ctrl-C '
+                        b'again to stop at once, without one)\n')
+            if self._multi:
+                os.kill(os.getpid(), signal.SIGTERM)
 
     def reached(self, step: int) -> bool:
         if self._multi:
             from jax.experimental import multihost_utils
-            return multihost_utils.reached_preemption_sync_point(step)
-        return self.received
+            if multihost_utils.reached_preemption_sync_point(step):
+                self.signal = self.signal or 'SIGTERM'
+                return True
+            return False
+        return self.signal is not None
 
     def close(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
 
 @jax.jit
@@ -166,7 +182,7 @@ def _check(schedule: Schedule, hooks, pipeline) -> None:
                         ('train.checkpoint_every', schedule.checkpoint_every),
                         *[(f'hook {i} every', h.steps) for i, h in enumerate(hooks)]]:
         if value % k:
-            raise ValueError(f'{name}={value} is not a multiple of steps_per_dispatch={k}')
+            raise ConfigError(f'{name}={value} is not a multiple of steps_per_dispatch={k}')
     if not isinstance(pipeline, Pipeline):
         raise TypeError(f'{type(pipeline).__name__} is not a research.data.Pipeline: it needs '
                         'global_batch and batch(step)')
@@ -216,7 +232,7 @@ def train(config, *, workdir: str, init: Callable, step: Callable, pipeline, see
                          f'{checkpoints.directory}')
     start = _step_of(state)
     if start % k and start < num_steps:
-        raise ValueError(f'the checkpoint in {checkpoints.directory} is at step {start}, not a '
+        raise ConfigError(f'the checkpoint in {checkpoints.directory} is at step {start}, not a '
                          f'multiple of steps_per_dispatch={k}: resume with a K that divides it')
 
     # ---- Records: run_info.json, metrics.jsonl and TensorBoard, the hooks' files ----------------
@@ -224,7 +240,6 @@ def train(config, *, workdir: str, init: Callable, step: Callable, pipeline, see
     writer = MetricWriter(workdir, resume_step=start)
     out = outputs or Outputs(workdir)
     preemption = _Preemption()
-    last_good = checkpoints.latest_step()
     try:
         # ---- The compiled step ---------------------------------------------------------------
         if start >= num_steps:
@@ -232,7 +247,7 @@ def train(config, *, workdir: str, init: Callable, step: Callable, pipeline, see
                              'hooks')
         elif jax.config.jax_disable_jit:  # --debug: op by op, so a debugger can step through it
             if k > 1:
-                raise ValueError('--debug runs one step at a time: use steps_per_dispatch=1')
+                raise ConfigError('--debug runs one step at a time: use steps_per_dispatch=1')
             run_steps = lambda state, at: step(state, batch_at(at))
             progress.message('jit is disabled: running the train step op by op')
         else:
@@ -267,14 +282,14 @@ def train(config, *, workdir: str, init: Callable, step: Callable, pipeline, see
                 if not bool(_all_finite(state)):
                     raise NonFiniteLossError(f'non-finite values in the train state at step {done}')
                 checkpoints.save(done, state)
-                last_good = done
             if preempted:
                 checkpoints.wait()
-                message = (f'preempted (SIGTERM) at step {done} of {num_steps}: saved a '
-                           f'checkpoint in {checkpoints.directory}; run the same command to '
-                           f'resume')
+                ctrl_c = preemption.signal == 'SIGINT'
+                message = (f'{"stopped by Ctrl-C" if ctrl_c else "preempted (SIGTERM)"} at step '
+                           f'{done} of {num_steps}: saved a checkpoint in '
+                           f'{checkpoints.directory}; run the same command to resume')
                 progress.message(message)
-                raise Preempted(message)
+                raise Preempted(message, 130 if ctrl_c else 143)
             for hook in hooks if not last else ():
                 if done % hook.steps == 0:
                     hook_s += _run_hook(hook.fn, done, state, out, writer, progress)
@@ -283,13 +298,18 @@ def train(config, *, workdir: str, init: Callable, step: Callable, pipeline, see
         for fn in final:
             _run_hook(fn, max(start, num_steps), state, out, writer, progress, replace=True)
     except NonFiniteLossError as e:
-        where = (f'the last good checkpoint is step {last_good} in {checkpoints.directory}'
-                 if last_good is not None else 'no checkpoint was saved')
-        raise NonFiniteLossError(f'{e}; stopping the run: {where}') from None
+        checkpoints.wait()
+        good = checkpoints.verified_step
+        where = (f'the last good (verified) checkpoint is step {good} in '
+                 f'{checkpoints.directory}' if good is not None else 'no checkpoint was saved')
+        raise NonFiniteLossError(f'{e}; stopping the run: {where}. Lower the learning rate, or '
+                                 'rerun with --debug to stop at the first NaN') from None
     finally:
         preemption.close()
         progress.close()
-        checkpoints.wait()
-        checkpoints.close()
-        writer.close()
+        try:
+            checkpoints.wait()
+        finally:
+            checkpoints.close()
+            writer.close()
     return state

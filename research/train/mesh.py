@@ -8,6 +8,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from research.errors import ConfigError
+
 
 def data_mesh(devices=None) -> Mesh:
     devices = jax.devices() if devices is None else devices
@@ -22,10 +24,12 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P('data'))
 
 
-def check_batch_size(global_batch: int, mesh: Mesh) -> None:
-    if global_batch % mesh.size:
-        raise ValueError(f'batch size {global_batch} must divide evenly over the {mesh.size} '
-                         f'devices of the data mesh; choose a multiple of {mesh.size}')
+def check_batch_size(global_batch: int, mesh: 'Mesh | int', name: str = 'batch size') -> None:
+    """A global batch splits evenly over the devices of the data mesh (or `mesh` devices)."""
+    devices = mesh if isinstance(mesh, int) else mesh.size
+    if global_batch % devices:
+        raise ConfigError(f'{name} {global_batch} must divide evenly over the {devices} devices '
+                          f'of the data mesh; choose a multiple of {devices}')
 
 
 def to_global_batch(local_batch: dict, mesh: Mesh) -> dict:

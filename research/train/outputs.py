@@ -11,16 +11,16 @@ and it writes on process 0 and does nothing elsewhere, so no hook needs a guard 
     out.json('results.json', results)
     out.print('final: ...')                         # a line for the log
 
-`save_config` writes config.json, and says what changed when a workdir is resumed.
+`save_config` writes config.json, and checks what changed when a workdir is resumed.
 """
 import json
 import os
 
 import jax
 import numpy as np
-from absl import logging
 
 from research import data, files
+from research.train import workdir as workdir_lib
 from research.train.images import save_png
 
 
@@ -94,33 +94,20 @@ class Outputs:
             print(text, flush=True)
 
 
-def _flatten(tree: dict, prefix: str = '') -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f'{prefix}{key}.'))
-        else:
-            flat[f'{prefix}{key}'] = value
-    return flat
-
-
 def save_config(config, workdir: str) -> dict:
     """Writes workdir/config.json, with `data_used`: what served each dataset loaded so far
-    (research.data.loaded(), so call it after loading); returns {key: (old, new)} for keys
-    changed since last time (on process 0, which warns about each; {} elsewhere)."""
-    path = os.path.join(workdir, 'config.json')
+    (research.data.loaded(), so call it after loading). On a resumed workdir it first compares
+    the config with the one saved there (research.train.workdir.check_resume, on every process):
+    a change that would alter what the checkpoints mean stops the run before anything is
+    written, others are warned about (on process 0). Returns {key: (old, new)} of the changes."""
     new = json.loads(config.to_json())
     if data.loaded():
         new['data_used'] = data.loaded()
+    out = Outputs(workdir)
+    old = out.existing_json('config.json')
     changed = {}
-    if is_writer() and files.exists(path):
-        with files.open(path) as f:
-            old = _flatten(json.load(f))
-        flat_new = _flatten(new)
-        changed = {k: (old.get(k), flat_new.get(k)) for k in old.keys() | flat_new.keys()
-                   if old.get(k) != flat_new.get(k)}
-        for key, (was, now) in sorted(changed.items()):
-            logging.warning('config.%s changed since this workdir was started: %r -> %r',
-                            key, was, now)
-    Outputs(workdir).json('config.json', new)
+    if old is not None:
+        changed = workdir_lib.check_resume(old, new, workdir, warn=is_writer())
+    out.json('config.json', new)
     return changed
+

@@ -13,11 +13,10 @@ Everything else is gan_mnist's: its presets, config keys and outputs (loss.kind 
 research/ changes. Not tuned or measured beyond the test's smoke run.
 """
 import jax.numpy as jnp
-from absl import app
 
 from experiments import gan_mnist
 from research.objectives.gan import LOSSES, GANLoss
-from research.train.cli import define_flags, experiment_main
+from research.train import cli
 
 
 def least_squares_d(r, f):
@@ -46,5 +45,4 @@ def run(config, workdir: str):
 
 
 if __name__ == '__main__':  # flags only when run, not when loaded as a config file
-    define_flags(__file__, 'runs/lsgan_mnist[_PRESET]')
-    app.run(experiment_main('lsgan_mnist', run, check_config))
+    cli.main(__file__, 'lsgan_mnist', run, check_config)
