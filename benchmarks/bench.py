@@ -115,7 +115,8 @@ def main(argv=None):
     parser.add_argument('model', choices=sorted(MODELS))
     parser.add_argument('--batch', type=errors.positive_int, default=None,
                         help='default 128 (12 for transformer)')
-    parser.add_argument('--steps', type=errors.positive_int, default=20, help='steps per timed repetition')
+    parser.add_argument('--steps', type=errors.positive_int, default=20,
+                        help='steps per timed repetition')
     parser.add_argument('--repeats', type=errors.positive_int, default=5)
     parser.add_argument('--warmup', type=errors.positive_int, default=3)
     parser.add_argument('--kernels', default='auto', choices=('auto', 'fast', 'plain'),

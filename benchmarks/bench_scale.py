@@ -100,9 +100,11 @@ def main(argv=None):
     parser.add_argument('bench', choices=['fused', 'population'])
     parser.add_argument('model', choices=['mlpgan', 'vae'])
     parser.add_argument('--batch', type=errors.positive_int, default=32)
-    parser.add_argument('--k', type=errors.positive_int, default=10, help='steps per dispatch (fused)')
+    parser.add_argument('--k', type=errors.positive_int, default=10,
+                        help='steps per dispatch (fused)')
     parser.add_argument('--members', type=errors.positive_int, default=8, help='population size')
-    parser.add_argument('--steps', type=errors.positive_int, default=50, help='steps per timed repetition')
+    parser.add_argument('--steps', type=errors.positive_int, default=50,
+                        help='steps per timed repetition')
     parser.add_argument('--repeats', type=errors.positive_int, default=5)
     args = parser.parse_args(argv)
     with errors.reported():

@@ -45,7 +45,7 @@ def get_config(preset: str = 'default') -> ml_collections.ConfigDict:
     c.finetune = dict(init='dbn', lr=1e-3, weight_decay=0.0, warmup_steps=100, batch_size=128,
                       steps=2000)
     c.train = dict(log_every=250, checkpoint_every=1000, eval_every=1000)  # of every phase
-    c.eval = dict(batch_size=500)
+    c.eval = dict(batch_size=512)  # a multiple of 1, 2, 4, 8... devices
     if preset == 'smoke':  # seconds: for tests
         c.dbn.hidden = (32, 16)
         c.rbm.update(batch_size=16, steps=4, gibbs=20, monitor_examples=50)

@@ -41,7 +41,7 @@ def get_config(preset: str = 'default') -> ml_collections.ConfigDict:
     c.optim = dict(lr=2e-3, weight_decay=1e-4, warmup_steps=100)
     c.train = dict(batch_size=128, steps=2000, log_every=100, checkpoint_every=500,
                    eval_every=500)
-    c.eval = dict(batch_size=500)
+    c.eval = dict(batch_size=512)  # a multiple of 1, 2, 4, 8... devices
     if preset == 'smoke':  # seconds, for tests
         c.model.hidden = 16
         c.optim.warmup_steps = 1

@@ -9,7 +9,8 @@ experiment's --debug shows it); anything else is a programming error and keeps i
 
     exit status 2   a user mistake (UserError; argparse's usage errors too)
     exit status 1   a run that failed (Fatal): diverged, disk full, a lost peer process
-    143 / 130       stopped by SIGTERM / Ctrl-C after saving a checkpoint (research.train.loop)
+    143 / 130       stopped by SIGTERM / Ctrl-C after saving a checkpoint (research.train.loop);
+                    130 also for a Ctrl-C outside training or a second one, which save nothing
 """
 import argparse
 import contextlib
@@ -75,6 +76,12 @@ def reported(debug: bool = False):
             raise
         exit_with(DiskFullError(f'no space left on the device: {e}; free some space and run the '
                                 'same command again'))
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print('FATAL stopped at once by Ctrl-C, without saving: run the same command to resume '
+              'from the last checkpoint', file=sys.stderr, flush=True)
+        sys.exit(130)
 
 
 def positive_int(text: str) -> int:

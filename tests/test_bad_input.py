@@ -52,6 +52,9 @@ ROWS = {
     'gan-preset': Row(('-m', 'experiments.gan_mnist', '--config=experiments/gan_mnist.py:nope'),
                       ("unknown preset 'nope' for gan_mnist; presets: default, mlp, smoke",)),
     'gan-workdir-is-a-file': Row(GAN, ('is a file, not a directory',), workdir='file'),
+    'gan-unwritable-workdir': Row((*GAN, '--workdir=/proc/deepgen-run'),
+                                  ('cannot write to --workdir /proc/deepgen-run',),
+                                  workdir='none'),
     'gan-changed-arch': Row((*MLP_GAN, '--config.model.arch=dcgan'),
                             ("changed: model.arch: 'mlp' -> 'dcgan'", 'another --workdir',
                              '(--config.model.arch=mlp)'), workdir='finished'),
@@ -242,6 +245,24 @@ def test_bad_input_is_one_fatal_line_naming_it(results, name):
             result['target'] / 'checkpoints')
     elif row.workdir == 'file':
         assert result['target'].read_text() == 'not a directory'
+
+
+@pytest.mark.parametrize('name', ['gan_mnist', 'vae_mnist', 'dbn_mnist', 'char_lm', 'classifier',
+                                  'rowwise_mnist'])
+def test_every_preset_passes_the_common_checks_on_8_devices(name):
+    """What the table refuses for a user's value, no preset may ask for (1, 2, 4 or 8 devices:
+    every *.batch_size divides over them)."""
+    import importlib
+
+    import jax
+
+    from research.train import cli
+    module = importlib.import_module(f'experiments.{name}')
+    assert jax.device_count() == 8
+    for preset in module.PRESETS:
+        config = module.get_config(preset)
+        cli.check_common(config)
+        module.check_config(config)
 
 
 def test_debug_shows_the_traceback_instead(tiny_mnist_env, tmp_path):

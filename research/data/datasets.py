@@ -81,7 +81,7 @@ def load(name: str, split: str = 'train', data_dir: str | os.PathLike | None = N
     check_source(source)
     if data_dir is not None and source not in ('auto', 'dir'):
         raise ConfigError(f'data_dir {os.fspath(data_dir)!r} names a directory, but the source '
-                         f'is {source!r}: use source dir (or auto), or drop the directory')
+                          f'is {source!r}: use source dir (or auto), or drop the directory')
     skipped = []  # one line per source that did not serve, and why
     result = None
     for kind, serve in (('dir', _from_dir), ('download', _from_download), ('tfds', _from_tfds),

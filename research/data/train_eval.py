@@ -29,8 +29,8 @@ def load_train_eval(name: str, *, train_split: str = 'train', train_dir: str = '
 
     if train_split == eval_split and place(train_dir) == place(eval_dir):
         raise ConfigError(f'train and evaluation data would both be {name}/{train_split} from '
-                         f'{place(train_dir) or "the default source"}; choose different '
-                         'splits or directories')
+                          f'{place(train_dir) or "the default source"}; choose different '
+                          'splits or directories')
     train = load(name, train_split, train_dir or None, source)
     named = bool(eval_dir or os.environ.get(env_var(name)))
     try:

@@ -160,7 +160,7 @@ def load_judge(dataset: str) -> Judge:
     """The pinned judge for `dataset`, its weights verified against `JUDGES`."""
     if dataset not in JUDGES:
         raise ConfigError(f'no judge for dataset {dataset!r}; judges exist for: '
-                         f'{", ".join(JUDGES)}')
+                          f'{", ".join(JUDGES)}')
     info = JUDGES[dataset]
     source = weights_file(dataset)
     try:

@@ -74,7 +74,7 @@ def score_images(images: np.ndarray, dataset: str, *, reference_images: np.ndarr
         reference = _reference(judge, dataset, reference_split, data_dir)
     if images.shape[1:] != reference.image_shape:
         raise ConfigError(f'images have shape {images.shape[1:]} per image, the {dataset} '
-                         f'reference {reference.image_shape}')
+                          f'reference {reference.image_shape}')
     features = judge.features(images)
     kid, kid_std = kernel_distance(features, reference.features, subsets=kid_subsets,
                                    subset_size=KID_SUBSET_SIZE)

@@ -24,8 +24,8 @@ def write_report(workdir: str, out: str | None = None) -> tuple[str, str]:
     html_path = out or os.path.join(workdir, 'report.html')
     md_path = os.path.splitext(html_path)[0] + '.md'
     if md_path == html_path:
-        raise errors.InputError(f'--out {out} ends in .md, where the Markdown summary goes; name the '
-                         'HTML file (e.g. report.html)')
+        raise errors.InputError(f'--out {out} ends in .md, where the Markdown summary goes; '
+                                'name the HTML file (e.g. report.html)')
     os.makedirs(os.path.dirname(os.path.abspath(html_path)), exist_ok=True)
     with open(html_path, 'w', encoding='utf-8') as f:
         f.write(page.render(run))

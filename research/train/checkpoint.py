@@ -199,9 +199,8 @@ class Checkpointer:
         except Exception as e:  # noqa: BLE001 -- unreadable arrays are damage
             raise _Damaged(f'its arrays cannot be read ({type(e).__name__}: '
                            f'{str(e).splitlines()[0][:200]})') from e
-        bad = [path for (path, *_, want), (_, *_, got) in zip(recorded['leaves'],
-                                                               digest(state)['leaves'])
-               if want != got]
+        computed = digest(state)['leaves']
+        bad = [row[0] for row, now in zip(recorded['leaves'], computed) if row[3] != now[3]]
         if bad:
             raise _Damaged(f'{len(bad)} of its {len(recorded["leaves"])} arrays differ from '
                            f'their digest ({", ".join(bad[:3])}{", ..." if len(bad) > 3 else ""})')

@@ -134,9 +134,11 @@ class _Preemption:
             return False
         return self.signal is not None
 
-    def close(self) -> None:
-        for signum, previous in self._previous.items():
-            signal.signal(signum, previous)
+    def close(self, signums=(signal.SIGTERM, signal.SIGINT)) -> None:
+        """Restores the handlers that were there before (of `signums`)."""
+        for signum in signums:
+            if signum in self._previous:
+                signal.signal(signum, self._previous.pop(signum))
 
 
 @jax.jit
@@ -233,7 +235,7 @@ def train(config, *, workdir: str, init: Callable, step: Callable, pipeline, see
     start = _step_of(state)
     if start % k and start < num_steps:
         raise ConfigError(f'the checkpoint in {checkpoints.directory} is at step {start}, not a '
-                         f'multiple of steps_per_dispatch={k}: resume with a K that divides it')
+                          f'multiple of steps_per_dispatch={k}: resume with a K that divides it')
 
     # ---- Records: run_info.json, metrics.jsonl and TensorBoard, the hooks' files ----------------
     run_info.write_run_info(workdir, step=start)  # every (re)start: its time, code, hardware
@@ -294,7 +296,8 @@ def train(config, *, workdir: str, init: Callable, step: Callable, pipeline, see
                 if done % hook.steps == 0:
                     hook_s += _run_hook(hook.fn, done, state, out, writer, progress)
 
-        # ---- Final hooks ---------------------------------------------------------------------
+        # ---- Final hooks: the last step is saved, so a Ctrl-C stops them at once ---------------
+        preemption.close([signal.SIGINT])
         for fn in final:
             _run_hook(fn, max(start, num_steps), state, out, writer, progress, replace=True)
     except NonFiniteLossError as e:

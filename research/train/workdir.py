@@ -28,7 +28,7 @@ import numpy as np
 from absl import logging
 
 from research import files
-from research.errors import UserError
+from research.errors import UserError, is_disk_full
 
 LOCK = 'run.lock'
 HEARTBEAT_S = 30.0
@@ -203,10 +203,16 @@ class _Lock:
                             'directory: name a directory (a new one starts a run, an existing '
                             'one resumes it)')
         self.created_workdir = not files.exists(self.workdir)
-        files.makedirs(self.workdir)
-        if self.local:
-            self._acquire_local()
-        else:
+        try:
+            files.makedirs(self.workdir)
+            if self.local:
+                self._acquire_local()
+        except OSError as e:
+            if is_disk_full(e):
+                raise
+            raise UserError(f'cannot write to --workdir {files.absolute(self.workdir)}: '
+                            f'{e.strerror or e}') from e
+        if not self.local:
             holder = self._read_holder()
             if files.exists(self.path) and not self._stale(holder, flocked=False):
                 raise UserError(f'{files.absolute(self.workdir)} is in use by another run: '
