@@ -40,6 +40,11 @@ class DiskFullError(Fatal):
     """A write failed for lack of space; what was written before it is intact."""
 
 
+class Interrupted(Fatal):
+    """Ctrl-C outside the train loop's steps, or a second one: stopped without saving."""
+    exit_status = 130
+
+
 def one_line(message: str) -> str:
     """The message on one line: its lines joined with spaces."""
     return ' '.join(line.strip() for line in str(message).splitlines() if line.strip())
@@ -52,7 +57,9 @@ def exit_with(error: Fatal):
 
 def is_disk_full(error: BaseException) -> bool:
     """Whether `error` (or what it wraps: orbax and tensorstore re-raise) is a lack of space."""
-    while error is not None:
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
         if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
         if 'No space left on device' in str(error) or 'Disk quota exceeded' in str(error):
@@ -79,9 +86,8 @@ def reported(debug: bool = False):
     except KeyboardInterrupt:
         if debug:
             raise
-        print('FATAL stopped at once by Ctrl-C, without saving: run the same command to resume '
-              'from the last checkpoint', file=sys.stderr, flush=True)
-        sys.exit(130)
+        exit_with(Interrupted('stopped at once by Ctrl-C, without saving: run the same command '
+                              'to resume from the last checkpoint'))
 
 
 def positive_int(text: str) -> int:
