@@ -25,7 +25,7 @@ from research.evals.score_samples import score_metrics
 from research.models import fast
 from research.models.gan import ARCHS, make_gan
 from research.objectives.gan import (LOSSES, PENALTIES, init_gan_state, lookup, make_gan_step,
-                                     make_sampler)
+                                     make_sampler, make_standing_stats)
 from research.train import cli, loop, population
 from research.train.images import image_grid
 from research.train.outputs import Outputs, save_config
@@ -107,14 +107,16 @@ def run(config: ml_collections.ConfigDict, workdir: str, losses=LOSSES):
     pipeline = data.BatchPipeline({'image': train.images}, config.train.batch_size, config.seed)
     generator, init, step = build(config, train.images.shape[1:], losses)
     n, e = config.population, config.export
-    sampler = make_sampler(generator)
+    sampler, standing = make_sampler(generator), make_standing_stats(generator)
     noise = lambda count, salt: jax.random.normal(jax.random.PRNGKey(salt),
                                                   (count, config.model.z_dim))
     fixed_noise = noise(e.grid, 1234)
 
     def samples(state, z):  # one member's uint8 samples, from G's EMA if kept, 500 at a time
-        weights = state.g_ema if config.ema_decay else state.g_params
-        return in_chunks(lambda z: sampler(weights, state.g_batch_stats, z), z, 500)
+        weights, stats = state.g_ema if config.ema_decay else state.g_params, state.g_batch_stats
+        if config.ema_decay and stats:  # BatchNorm statistics of the EMA's own activations
+            stats = standing(weights, stats, noise(2048, 777))
+        return in_chunks(lambda z: sampler(weights, stats, z), z, 500)
 
     scores = lambda images: score_metrics(images, config.data.name,
                                           data_dir=config.data.data_dir or None)

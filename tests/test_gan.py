@@ -11,7 +11,8 @@ from conftest import IMAGE_SHAPE, Z_DIM, build_gan, random_images
 from research.models.gan import (DCGANDiscriminator, DCGANGenerator, MLPDiscriminator,
                                  MLPGenerator, make_gan)
 from research.objectives.gan import (LOSSES, PENALTIES, gradient_penalty, lookup,
-                                     make_gan_step, make_sampler, r1_penalty)
+                                     make_gan_step, make_sampler, make_standing_stats,
+                                     r1_penalty)
 
 # Networks.
 
@@ -299,3 +300,22 @@ def test_sampler_is_deterministic_uint8(mlp_gan):
     assert images.min() < 100 and images.max() > 155  # spans the range, not a constant
     other = np.asarray(sample(state.g_params, state.g_batch_stats, -z))
     assert not np.array_equal(other, images)
+
+
+def test_standing_statistics_are_those_of_the_generators_own_activations():
+    # Sampling in eval mode with the standing statistics of a batch z gives exactly what the
+    # train-mode pass normalising by z's own batch statistics gives; the state's running
+    # averages (here those of the initial weights) give something else.
+    generator = DCGANGenerator(base=16)
+    z = jax.random.normal(jax.random.PRNGKey(0), (64, Z_DIM))
+    variables = generator.init(jax.random.PRNGKey(1), z, train=False)
+    params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(2), p.shape),
+                          variables['params'])
+    stats = make_standing_stats(generator)(params, variables['batch_stats'], z)
+    assert jax.tree.structure(stats) == jax.tree.structure(variables['batch_stats'])
+    train_mode, _ = generator.apply({'params': params, 'batch_stats': variables['batch_stats']},
+                                    z, train=True, mutable=['batch_stats'])
+    eval_mode = lambda stats: generator.apply({'params': params, 'batch_stats': stats}, z,
+                                              train=False)
+    np.testing.assert_allclose(eval_mode(stats), train_mode, atol=2e-5)
+    assert np.abs(eval_mode(variables['batch_stats']) - train_mode).max() > 0.1

@@ -222,6 +222,27 @@ def make_gan_step(generator: nn.Module, discriminator: nn.Module, tx_g, tx_d, *,
     return step
 
 
+def make_standing_stats(generator: nn.Module):
+    """Jitted (g_params, batch_stats, z) -> BatchNorm statistics that match `g_params`: those of
+    G's own activations on the batch z (BigGAN's "standing statistics").
+
+    The running averages in the train state follow the live generator's weights; sampling from
+    an EMA of the weights needs statistics of the EMA's activations. A train-mode pass updates
+    each average as new = m * old + (1 - m) * batch; from old = 0 and old = 1 that gives both
+    (1 - m) * batch and m, so batch = new_0 / (1 - (new_1 - new_0)) for any momentum m.
+    """
+    @jax.jit
+    def standing(g_params, batch_stats, z):
+        def updated(fill):
+            old = jax.tree.map(lambda a: jnp.full_like(a, fill), batch_stats)
+            _, mutated = generator.apply({'params': g_params, 'batch_stats': old}, z,
+                                         train=True, mutable=['batch_stats'])
+            return mutated['batch_stats']
+        new_0, new_1 = updated(0.0), updated(1.0)
+        return jax.tree.map(lambda a, b: a / (1.0 - (b - a)), new_0, new_1)
+    return standing
+
+
 def make_sampler(generator: nn.Module):
     """Jitted (g_params, batch_stats, z) -> uint8 [0, 255] NHWC samples, eval mode (running BN)."""
     @jax.jit
