@@ -236,6 +236,19 @@ def test_batches_are_a_function_of_seed_and_step():
     np.testing.assert_array_equal(batch['x'], batch['y'] * 10)  # rows aligned
 
 
+def test_batch_k_of_epoch_e_is_the_documented_slice_of_its_permutation():
+    # The contract a resumed or multi-host run relies on, written out: epoch e's permutation
+    # from default_rng([seed, e]), batch k its rows k*GB .. (k+1)*GB, process p its p-th part.
+    seed, spe = 3, N // GB
+    for step in (0, 1, spe - 1, spe, 2 * spe + 5):
+        e, k = divmod(step, spe)
+        perm = np.random.default_rng([seed, e]).permutation(N)
+        assert make_pipeline(seed=seed).batch(step)['y'].tolist() == perm[
+            k * GB:(k + 1) * GB].tolist()
+        assert make_pipeline(seed=seed, process_index=1, process_count=4).batch(step)[
+            'y'].tolist() == perm[k * GB + GB // 4:k * GB + GB // 2].tolist()
+
+
 def test_restart_matches_uninterrupted_run():
     straight = make_pipeline().iterate()
     expected = [next(straight)['y'].tolist() for _ in range(40)]

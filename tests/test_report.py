@@ -97,7 +97,7 @@ def test_run_info_records_every_start(tmp_path):
     assert [s['step'] for s in starts] == [0, 40] and starts[0] == first
     assert {'time', 'time_utc', 'argv', 'hostname', 'platform', 'python', 'versions', 'backend',
             'device_kinds', 'device_count', 'process_count', 'cpu_model', 'cpu_count',
-            'git_commit'} <= first.keys()
+            'git_commit', 'git_dirty'} <= first.keys()
     assert first['versions']['jax'] and first['device_count'] == sum(
         first['device_kinds'].values())
 

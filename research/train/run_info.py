@@ -66,6 +66,17 @@ def git_commit(directory: str = _REPO) -> str | None:
     return result.stdout.strip() or None
 
 
+def git_dirty(directory: str = _REPO) -> bool | None:
+    """Whether tracked files differ from HEAD (the run's code is not exactly its commit's)."""
+    try:
+        result = subprocess.run(['git', '-C', directory, 'status', '--porcelain',
+                                 '--untracked-files=no'], capture_output=True, text=True,
+                                timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(result.stdout.strip()) if result.returncode == 0 else None
+
+
 def collect(step: int | None = None) -> dict:
     """This process's view of the run: the record that `write_run_info` appends."""
     devices = jax.devices()
@@ -90,6 +101,7 @@ def collect(step: int | None = None) -> dict:
         'cpus_usable': len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else None,
         'memory_gib': _memory_gib(),
         'git_commit': git_commit(),
+        'git_dirty': git_dirty(),
         'data': data.loaded(),  # what served each dataset: source, where, examples
     }
 

@@ -1,0 +1,251 @@
+"""README's results table, generated from one record per row (results/*.json), and a staleness
+check against the code each row exercises.
+
+    python -m research.report.results                  # rewrite README.md's table from the records
+    python -m research.report.results --check          # README disagrees or a row is stale: exit 1
+    python -m research.report.results record runs/gan_mnist results/01_dcgan.json
+                                                       # a record's run and metrics from its workdir
+
+A record holds the row's words (`experiment`, `command`, `data`, `hardware`, `wall_time` and
+`result`, whose `{name:format}` fields are filled from `metrics`: a key of metrics.jsonl, or
+FILE.json/path/in/it for another JSON file of the workdir; `{wall}` is the run's wall time), the `module` it runs, and
+`run`: the commit, date, machine and wall time the run's own files recorded (run_info.json,
+metrics.jsonl, results.json), written by `record`, never typed in. A row is stale when a commit
+after `run.commit` changed a file its module imports (transitively, inside this repository), or
+when it has no run record at all (`run.source` says where its numbers came from instead).
+"""
+import ast
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+from research import errors
+from research.report.run import load_run, wall_time
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BEGIN, END = '<!-- results table: python -m research.report.results -->', '<!-- end of table -->'
+COLUMNS = ('experiment', 'command', 'data', 'hardware', 'wall time', 'result')
+_FIELD = re.compile(r'\{([^{}:]+)(?::([^{}]*))?\}')  # {name} or {name:format}
+
+
+def fields(template: str) -> list[str]:
+    return [m.group(1) for m in _FIELD.finditer(template)]
+
+
+def fill(template: str, metrics: dict) -> str:
+    return _FIELD.sub(lambda m: format(metrics[m.group(1)], m.group(2) or ''), template)
+
+
+def read_records(directory: str) -> list[tuple[str, dict]]:
+    """(path, record) for each results/*.json, in file-name order; a bad one is named."""
+    if not os.path.isdir(directory):
+        raise errors.InputError(f'{directory} does not exist: it holds one JSON record per row')
+    records = []
+    for name in sorted(n for n in os.listdir(directory) if n.endswith('.json')):
+        path = os.path.join(directory, name)
+        with open(path, encoding='utf-8') as f:
+            try:
+                record = json.load(f)
+            except json.JSONDecodeError as e:
+                raise errors.InputError(f'{path}, line {e.lineno}: not valid JSON ({e.msg})'
+                                        ) from None
+        missing = [k for k in ('experiment', 'command', 'data', 'hardware', 'wall_time',
+                               'result', 'module', 'metrics', 'run') if k not in record]
+        if missing:
+            raise errors.InputError(f'{path}: missing {", ".join(missing)}')
+        records.append((path, record))
+    return records
+
+
+def duration(seconds: float) -> str:
+    """40 s, 7 min 51 s, 1 h 02 min: as the README writes wall times."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f'{seconds} s'
+    if seconds < 3600:
+        return f'{seconds // 60} min {seconds % 60:02d} s'
+    return f'{seconds // 3600} h {seconds % 3600 // 60:02d} min'
+
+
+def row(path: str, record: dict) -> str:
+    """One Markdown table row: `wall_time` and `result` filled from `metrics` (and {wall}, the
+    run's wall time); a name that `metrics` lacks is named."""
+    values = dict(record['metrics'])
+    if record['run'].get('wall_s') is not None:
+        values['wall'] = duration(record['run']['wall_s'])
+    try:
+        wall, result = (fill(record[k], values) for k in ('wall_time', 'result'))
+    except KeyError as e:
+        raise errors.InputError(f'{path}: names {e.args[0]!r}, which its metrics lack') from None
+    cells = [record['experiment'], f'`{record["command"]}`', record['data'],
+             record['hardware'], wall, result]
+    return '| ' + ' | '.join(c.replace('|', '\\|') for c in cells) + ' |'
+
+
+def table(records: list[tuple[str, dict]]) -> str:
+    head = ['| ' + ' | '.join(COLUMNS) + ' |', '|' + '---|' * len(COLUMNS)]
+    return '\n'.join([BEGIN, *head, *(row(p, r) for p, r in records), END])
+
+
+def rewrite(readme: str, records: list[tuple[str, dict]]) -> str:
+    """README text with the table between the markers replaced."""
+    start, stop = readme.find(BEGIN), readme.find(END)
+    if start < 0 or stop < start:
+        raise errors.InputError(f'README.md has no {BEGIN} ... {END} block to rewrite')
+    return readme[:start] + table(records) + readme[stop + len(END):]
+
+
+# Which code a row exercises.
+
+def module_files(module: str, repo: str = REPO) -> list[str]:
+    """Repository files that `module` (e.g. experiments.gan_mnist) imports, transitively."""
+    seen, todo = set(), [module]
+    while todo:
+        name = todo.pop()
+        path = _file_of(name, repo)
+        if path is None or path in seen:
+            continue
+        seen.add(path)
+        with open(os.path.join(repo, path), encoding='utf-8') as f:
+            tree = ast.parse(f.read(), path)
+        package = name if path.endswith('__init__.py') else name.rpartition('.')[0]
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                todo += [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ''
+                if node.level:
+                    parts = package.split('.')
+                    base = '.'.join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
+                todo += [base] + [f'{base}.{a.name}' for a in node.names]
+        parts = name.split('.')  # a submodule runs its packages' __init__ too
+        todo += ['.'.join(parts[:i]) for i in range(1, len(parts))]
+    return sorted(seen)
+
+
+def _file_of(name: str, repo: str) -> str | None:
+    base = name.replace('.', '/')
+    for candidate in (base + '.py', base + '/__init__.py'):
+        if os.path.isfile(os.path.join(repo, candidate)):
+            return candidate
+    return None
+
+
+def _git(*args, repo: str = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run(['git', '-C', repo, *args], capture_output=True, text=True,
+                          timeout=30, check=False)
+
+
+def staleness(record: dict, repo: str = REPO) -> str | None:
+    """Why the row's numbers may no longer hold for this code, or None if they do."""
+    run = record['run']
+    if not run.get('commit'):
+        return f'no run record ({run.get("source", "typed in")})'
+    if run.get('dirty'):
+        return f'measured with uncommitted changes to {run["commit"][:10]}'
+    files = module_files(record['module'], repo)
+    last = _git('log', '-1', '--format=%H', 'HEAD', '--', *files, repo=repo).stdout.strip()
+    if not last:
+        return None
+    if _git('cat-file', '-e', run['commit'] + '^{commit}', repo=repo).returncode:
+        return f'its commit {run["commit"][:10]} is not in this repository'
+    if _git('merge-base', '--is-ancestor', last, run['commit'], repo=repo).returncode:
+        changed = _git('diff', '--name-only', run['commit'], last, '--', *files,
+                       repo=repo).stdout.split()
+        return (f'measured at {run["commit"][:10]}; {last[:10]} changed code it runs: '
+                + ', '.join(changed[:4]) + (' ...' if len(changed) > 4 else ''))
+    return None
+
+
+# A record's run, from the run's own files.
+
+def flatten(value, prefix: str = '') -> dict:
+    """{'a': {'b': 1}, 'c': [{'d': 2}]} -> {'a/b': 1, 'c/0/d': 2}; numbers only."""
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return {prefix: value} if isinstance(value, (int, float)) else {}
+    out = {}
+    for key, item in items:
+        out.update(flatten(item, f'{prefix}/{key}' if prefix else str(key)))
+    return out
+
+
+def run_metrics(workdir: str) -> tuple[dict, dict]:
+    """(every metric's last value, keyed as in metrics.jsonl or as FILE.json/path/in/it; the
+    run record: commit, date, machine, wall time) of a finished run's workdir."""
+    run = load_run(workdir)
+    metrics = {}
+    for record in run.records:
+        metrics.update({k: v for k, v in record.items() if k not in ('step', 'time')})
+    for name, content in run.results.items():
+        metrics.update(flatten(content, name))
+    seconds, _ = wall_time(run.records, run.starts)
+    last = (run.starts or [{}])[-1]
+    return metrics, dict(
+        commit=last.get('git_commit'), dirty=last.get('git_dirty'), date=last.get('time_utc'),
+        machine=last.get('cpu_model'),
+        devices=last.get('device_kinds'), steps=max(r['step'] for r in run.records),
+        wall_s=round(seconds, 1), recorded=time.strftime('%Y-%m-%d'))
+
+
+def record(workdir: str, path: str) -> dict:
+    """Fills `metrics` and `run` of the record at `path` from `workdir`; returns it."""
+    with open(path, encoding='utf-8') as f:
+        entry = json.load(f)
+    metrics, run = run_metrics(workdir)
+    names = fields(entry['result'])
+    unknown = [n for n in names if n not in metrics]
+    if unknown:
+        raise errors.InputError(f'{path}: result names {", ".join(unknown)}, which {workdir} '
+                                f'did not record; it has: {", ".join(sorted(metrics))}')
+    entry['metrics'] = {n: metrics[n] for n in names}
+    entry['run'] = run
+    entry.setdefault('wall_time', '{wall}')
+    with open(path, 'w', encoding='utf-8') as f:
+        json.dump(entry, f, indent=1)
+        f.write('\n')
+    return entry
+
+
+def main(argv=None):
+    parser = errors.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('command', nargs='*', help='record WORKDIR RECORD.json')
+    parser.add_argument('--check', action='store_true', help='change nothing; exit 1 if '
+                        'README.md disagrees with the records or a row is stale')
+    parser.add_argument('--results', default=os.path.join(REPO, 'results'))
+    parser.add_argument('--readme', default=os.path.join(REPO, 'README.md'))
+    args = parser.parse_args(argv)
+    with errors.reported(False):
+        if args.command:
+            if args.command[0] != 'record' or len(args.command) != 3:
+                parser.error('the one command is: record WORKDIR RECORD.json')
+            entry = record(args.command[1], args.command[2])
+            print(f'{args.command[2]}: {row(args.command[2], entry)}')
+            return 0
+        records = read_records(args.results)
+        with open(args.readme, encoding='utf-8') as f:
+            readme = f.read()
+        new = rewrite(readme, records)
+        stale = [(p, why) for p, r in records if (why := staleness(r))]
+        for p, why in stale:
+            print(f'STALE {os.path.relpath(p, REPO)}: {why}')
+        if args.check:
+            if new != readme:
+                print(f'{args.readme} disagrees with {args.results}: run '
+                      'python -m research.report.results')
+            return 1 if new != readme or stale else 0
+        if new != readme:
+            with open(args.readme, 'w', encoding='utf-8') as f:
+                f.write(new)
+        print(f'{len(records)} rows written to {args.readme}; {len(stale)} stale')
+        return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

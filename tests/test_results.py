@@ -1,0 +1,101 @@
+"""README's results table against its records (results/*.json), and how a record is made and
+judged stale (research/report/results.py)."""
+import json
+import os
+import subprocess
+
+import pytest
+
+from research.errors import InputError
+from research.report import results
+
+README = os.path.join(results.REPO, 'README.md')
+
+
+def test_readme_table_is_the_one_the_records_generate():
+    records = results.read_records(os.path.join(results.REPO, 'results'))
+    with open(README, encoding='utf-8') as f:
+        readme = f.read()
+    assert len(records) >= 15 and readme.count(results.BEGIN) == 1
+    assert results.rewrite(readme, records) == readme, (
+        'README.md disagrees with results/*.json: run python -m research.report.results')
+
+
+def test_module_files_follow_imports_inside_the_repository():
+    files = results.module_files('experiments.gan_mnist')
+    assert {'experiments/gan_mnist.py', 'experiments/__init__.py', 'research/objectives/gan.py',
+            'research/train/loop.py', 'research/evals/sample_quality.py'} <= set(files)
+    assert 'experiments/vae_mnist.py' not in files and 'research/objectives/vae.py' not in files
+    assert all(os.path.isfile(os.path.join(results.REPO, f)) for f in files)
+
+
+def git(repo, *args):
+    out = subprocess.run(['git', '-C', str(repo), *args], capture_output=True, text=True,
+                         check=True, env={**os.environ, 'GIT_AUTHOR_NAME': 't',
+                                          'GIT_AUTHOR_EMAIL': 't@t', 'GIT_COMMITTER_NAME': 't',
+                                          'GIT_COMMITTER_EMAIL': 't@t'})
+    return out.stdout.strip()
+
+
+def commit(repo, files: dict) -> str:
+    for name, text in files.items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(text)
+    git(repo, 'add', '-A')
+    git(repo, 'commit', '-q', '-m', 'c')
+    return git(repo, 'rev-parse', 'HEAD')
+
+
+def test_a_row_is_stale_once_code_it_imports_changes(tmp_path):
+    repo = tmp_path / 'repo'
+    repo.mkdir()
+    git(repo, 'init', '-q')
+    measured = commit(repo, {'exp/__init__.py': '', 'exp/run.py': 'from lib import a\n',
+                             'lib/__init__.py': '', 'lib/a.py': 'from . import b\n',
+                             'lib/b.py': 'X = 1\n', 'lib/other.py': 'Y = 1\n'})
+    entry = {'module': 'exp.run', 'run': {'commit': measured}}
+    assert results.module_files('exp.run', str(repo)) == [
+        'exp/__init__.py', 'exp/run.py', 'lib/__init__.py', 'lib/a.py', 'lib/b.py']
+    assert results.staleness(entry, str(repo)) is None
+    assert results.staleness({**entry, 'run': {'commit': measured, 'dirty': True}}, str(repo)
+                             ) == f'measured with uncommitted changes to {measured[:10]}'
+    commit(repo, {'lib/other.py': 'Y = 2\n', 'README.md': 'words'})  # code the row never runs
+    assert results.staleness(entry, str(repo)) is None
+    commit(repo, {'lib/b.py': 'X = 2\n'})  # imported through lib.a
+    why = results.staleness(entry, str(repo))
+    assert why.startswith(f'measured at {measured[:10]}') and why.endswith('lib/b.py')
+    assert results.staleness({'module': 'exp.run', 'run': {'source': 'typed in'}},
+                             str(repo)) == 'no run record (typed in)'
+    assert 'not in this repository' in results.staleness(
+        {'module': 'exp.run', 'run': {'commit': '0' * 40}}, str(repo))
+
+
+def test_record_takes_the_metrics_and_the_run_from_the_workdir(tmp_path):
+    workdir = tmp_path / 'run'
+    workdir.mkdir()
+    (workdir / 'metrics.jsonl').write_text(
+        '{"step": 10, "time": 100.0, "scores/fid": 200.0}\n'
+        '{"step": 20, "time": 130.0, "scores/fid": 117.06, "d_loss": 1.3}\n')
+    (workdir / 'run_info.json').write_text(json.dumps({'starts': [
+        {'time': 90.0, 'time_utc': '2026-12-02T05:00:00Z', 'git_commit': 'abc123',
+         'cpu_model': 'Intel(R) Xeon(R)', 'device_kinds': {'cpu': 1}}]}))
+    (workdir / 'results.json').write_text(json.dumps({'finetune': {'accuracy': 0.95}}))
+    path = tmp_path / 'row.json'
+    path.write_text(json.dumps({
+        'experiment': 'DCGAN', 'command': 'python -m experiments.gan_mnist', 'data': 'MNIST',
+        'hardware': '2 CPU cores', 'module': 'experiments.gan_mnist', 'metrics': {}, 'run': {},
+        'result': 'FID {scores/fid:.1f}, accuracy {results.json/finetune/accuracy:.1%}'}))
+    entry = results.record(str(workdir), str(path))
+    assert entry['metrics'] == {'scores/fid': 117.06, 'results.json/finetune/accuracy': 0.95}
+    assert entry['run']['commit'] == 'abc123' and entry['run']['wall_s'] == 40.0
+    assert entry['run']['machine'] == 'Intel(R) Xeon(R)' and entry['wall_time'] == '{wall}'
+    assert json.loads(path.read_text()) == entry
+    assert results.row(str(path), entry) == (
+        '| DCGAN | `python -m experiments.gan_mnist` | MNIST | 2 CPU cores | 40 s | '
+        'FID 117.1, accuracy 95.0% |')
+    entry['result'] = 'KID {scores/kid:.1f}'
+    path.write_text(json.dumps(entry))
+    with pytest.raises(InputError, match=r'row\.json: result names scores/kid, which .* did '
+                                         r'not record; it has: d_loss, results\.json/finetune/'
+                                         r'accuracy, scores/fid'):
+        results.record(str(workdir), str(path))
