@@ -72,6 +72,11 @@ def test_step_traces_once_loss_falls_and_is_a_function_of_rng_and_step():
     first, _ = step(copy_tree(state), {k: jnp.asarray(v) for k, v in batch.items()})
     again, _ = step(copy_tree(state), {k: jnp.asarray(v) for k, v in batch.items()})
     chex.assert_trees_all_equal(first.params, again.params)  # same (rng, step): same update
+    # The same state labelled step 7 draws other shifts: another update.
+    later, _ = step(copy_tree(state).replace(step=jnp.int32(7)),
+                    {k: jnp.asarray(v) for k, v in batch.items()})
+    assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(later.params),
+                                                        jax.tree.leaves(first.params)))
     losses = []
     for _ in range(40):
         state, metrics = step(state, {k: jnp.asarray(v) for k, v in batch.items()})
