@@ -369,6 +369,20 @@ def test_metrics_jsonl_has_one_record_per_log_step(runs):
     assert not any('grid' in r for r in records)
 
 
+@pytest.mark.parametrize('k', [1, 2])
+def test_a_logged_value_is_the_mean_over_its_window_of_steps(mlp_gan, pipeline, tmp_path, k):
+    # A metric equal to the step's own number (from state.step 0): the record at step 4 of a
+    # log_every=4 run is the mean of 0, 1, 2, 3, and so on; fused or not.
+    def step(state, batch):
+        state_out, metrics = mlp_gan.step(state, batch)
+        return state_out, {**metrics, 'd_loss': state.step.astype(jnp.float32)}
+    train(schedule(12, 4, 12, steps_per_dispatch=k), workdir=str(tmp_path),
+          init=start_at(mlp_gan.fresh_state()), step=step, pipeline=pipeline,
+          mesh=one_device_mesh())
+    assert [(r['step'], r['d_loss']) for r in read_jsonl(tmp_path)] == [
+        (4, 1.5), (8, 5.5), (12, 9.5)]
+
+
 def test_resumed_metrics_are_not_duplicated(runs):
     assert [r['step'] for r in runs.first_records] == [2, 4]
     records = read_jsonl(runs.resumed)
