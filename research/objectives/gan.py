@@ -228,18 +228,19 @@ def make_standing_stats(generator: nn.Module):
 
     The running averages in the train state follow the live generator's weights; sampling from
     an EMA of the weights needs statistics of the EMA's activations. A train-mode pass updates
-    each average as new = m * old + (1 - m) * batch; from old = 0 and old = 1 that gives both
-    (1 - m) * batch and m, so batch = new_0 / (1 - (new_1 - new_0)) for any momentum m.
+    each average as new = m * old + (1 - m) * batch: from old = 0 it gives (1 - m) * batch, and
+    old = 1 against old = 0 on any two rows gives m, so batch = new_0 / (1 - m) for any
+    momentum m.
     """
     @jax.jit
     def standing(g_params, batch_stats, z):
-        def updated(fill):
+        def updated(fill, z):
             old = jax.tree.map(lambda a: jnp.full_like(a, fill), batch_stats)
             _, mutated = generator.apply({'params': g_params, 'batch_stats': old}, z,
                                          train=True, mutable=['batch_stats'])
             return mutated['batch_stats']
-        new_0, new_1 = updated(0.0), updated(1.0)
-        return jax.tree.map(lambda a, b: a / (1.0 - (b - a)), new_0, new_1)
+        momentum = jax.tree.map(jnp.subtract, updated(1.0, z[:2]), updated(0.0, z[:2]))
+        return jax.tree.map(lambda a, m: a / (1.0 - m), updated(0.0, z), momentum)
     return standing
 
 
