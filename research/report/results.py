@@ -8,11 +8,12 @@ check against the code each row exercises.
 
 A record holds the row's words (`experiment`, `command`, `data`, `hardware`, `wall_time` and
 `result`, whose `{name:format}` fields are filled from `metrics`: a key of metrics.jsonl, or
-FILE.json/path/in/it for another JSON file of the workdir; `{wall}` is the run's wall time), the `module` it runs, and
-`run`: the commit, date, machine and wall time the run's own files recorded (run_info.json,
-metrics.jsonl, results.json), written by `record`, never typed in. A row is stale when a commit
-after `run.commit` changed a file its module imports (transitively, inside this repository), or
-when it has no run record at all (`run.source` says where its numbers came from instead).
+FILE.json/path/in/it for another JSON file of the workdir; `{wall}` is the run's wall time),
+the `module` it runs, and `run`: the commit (and whether the tree was dirty), date, machine and
+wall time the run's own files recorded (run_info.json, metrics.jsonl, results.json), written by
+`record`, never typed in. A row is stale when a commit after `run.commit` changed a file its
+module imports (transitively, inside this repository), when it ran with uncommitted changes,
+or when it has no run record at all (`run.source` says where its numbers came from instead).
 """
 import ast
 import json
