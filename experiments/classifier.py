@@ -45,7 +45,7 @@ def get_config(preset: str = 'default') -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.preset, c.seed = preset, 0
     c.data = dict(name='mnist', train_split='train', train_dir='', test_split='test',
-                  test_dir='', heldout=1000, source='auto')
+                  test_dir='', heldout=1000, validation=0, source='auto')
     c.model = dict(arch='cnn', hidden=(256, 256), dropout=0.5)
     c.optim = dict(lr=1e-3, weight_decay=1e-4, warmup_steps=100)
     c.train = dict(batch_size=128, steps=1500, augment='shift', log_every=100,
@@ -120,8 +120,8 @@ def run(config: ml_collections.ConfigDict, workdir: str):
     loop.train(config.train, workdir=workdir, seed=config.seed,
                init=lambda key: init_classifier_state(key, model, tx, train.images.shape[1:]),
                step=make_classifier_step(model, tx, augment=config.train.augment),
-               pipeline=pipeline, hooks=[loop.Every(config.train.eval_every,
-                                 classification.accuracy_hook(predict, test, name))],
+               pipeline=pipeline, hooks=data.periodic(name, [loop.Every(
+                   config.train.eval_every, classification.accuracy_hook(predict, test, name))]),
                final=[final], outputs=out)
     out.print(f'done: classification.json, confusion.png, metrics and checkpoints in '
               f'{out.path()}')

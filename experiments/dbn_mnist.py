@@ -37,7 +37,7 @@ def get_config(preset: str = 'default') -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.preset, c.seed = preset, 0
     c.data = dict(name='mnist', train_split='train', train_dir='', test_split='test',
-                  test_dir='', heldout=1000, binarize_seed=0, source='auto')
+                  test_dir='', heldout=1000, validation=0, binarize_seed=0, source='auto')
     c.dbn = dict(hidden=(500, 500, 2000))
     c.rbm = dict(k=1, persistent=True, lr=0.02, lr_decay='linear', momentum=0.5,
                  weight_decay=2e-4, batch_size=128, steps=3000, gibbs=1000, monitor_examples=1000)
@@ -114,7 +114,8 @@ def run(config: ml_collections.ConfigDict, workdir: str):
                                  lr=learning_rate(r.lr, r.lr_decay, r.steps),
                                  momentum=r.momentum, weight_decay=r.weight_decay),
             pipeline=data.BatchPipeline({'image': train.images}, r.batch_size, config.seed + l),
-            hooks=[loop.Every(config.train.eval_every, monitor)], final=[final], outputs=out)
+            hooks=data.periodic(name, [loop.Every(config.train.eval_every, monitor)]),
+            final=[final], outputs=out)
         layers.append(jax.device_get(state.params))
         results['layers'].append(layer)
 
@@ -138,7 +139,8 @@ def run(config: ml_collections.ConfigDict, workdir: str):
                init=lambda key, layers: init_finetune_state(key, model, tx, shape, layers),
                pipeline=data.BatchPipeline({'image': train.images, 'label': train.labels},
                                            f.batch_size, config.seed), final=[report], outputs=out,
-               hooks=[loop.Every(config.train.eval_every, accuracy_hook(predict, test, name))])
+               hooks=data.periodic(name, [loop.Every(config.train.eval_every,
+                                                     accuracy_hook(predict, test, name))]))
     out.json('results.json', results)
     out.print(f'done: results.json, pictures and a directory per phase in {out.path()}')
 

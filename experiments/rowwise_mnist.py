@@ -36,7 +36,8 @@ def get_config(preset: str = 'default') -> ml_collections.ConfigDict:
     cli.check_preset('rowwise_mnist', preset, PRESETS)
     c = ml_collections.ConfigDict()
     c.preset, c.seed = preset, 0
-    c.data = dict(name='mnist', train_dir='', test_dir='', heldout=1000, source='auto')
+    c.data = dict(name='mnist', train_dir='', test_dir='', heldout=1000, validation=0,
+                  source='auto')
     c.model = dict(kind='lstm', hidden=128, layers=1, dropout=0.0, kernels='auto')
     c.optim = dict(lr=2e-3, weight_decay=1e-4, warmup_steps=100)
     c.train = dict(batch_size=128, steps=2000, log_every=100, checkpoint_every=500,
@@ -84,9 +85,9 @@ def run(config: ml_collections.ConfigDict, workdir: str):
                step=make_classifier_step(model, tx),
                pipeline=data.BatchPipeline({'image': train.images, 'label': train.labels},
                                            config.train.batch_size, config.seed),
-               hooks=[loop.Every(config.train.eval_every,
-                                 classification.accuracy_hook(predict, test, name))], final=[final],
-               outputs=out)
+               hooks=data.periodic(name, [loop.Every(
+                   config.train.eval_every, classification.accuracy_hook(predict, test, name))]),
+               final=[final], outputs=out)
     out.print(f'done: classification.json, confusion.png, metrics and checkpoints in '
               f'{out.path()}')
 

@@ -43,7 +43,8 @@ def get_config(preset: str = 'default') -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.preset, c.seed = preset, 0
     c.data = dict(name='mnist', train_split='train', train_dir='', test_split='test',
-                  test_dir='', heldout=1000, binarize='dynamic', binarize_seed=0, source='auto')
+                  test_dir='', heldout=1000, validation=0, binarize='dynamic', binarize_seed=0,
+                  source='auto')
     c.model = dict(arch='conv' if preset == 'conv' else 'mlp', latent=20, hidden=(512,),
                    likelihood='bernoulli', kernels='auto')
     c.objective = dict(kind='elbo', k=1, warmup_steps=0, beta_start=0.0)
@@ -139,7 +140,7 @@ def run(config: ml_collections.ConfigDict, workdir: str):
     out = Outputs(workdir)
     loop.train(config.train, workdir=workdir, seed=config.seed, init=init, step=step,
                pipeline=pipeline, outputs=out, final=[grids, final],
-               hooks=[loop.Every(config.train.eval_every, evaluate),
+               hooks=[*data.periodic(name, [loop.Every(config.train.eval_every, evaluate)]),
                       loop.Every(config.train.sample_every, grids)])
     out.print(f'done: pictures, metrics and checkpoints in {out.path()}')
 

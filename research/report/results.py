@@ -179,20 +179,58 @@ def flatten(value, prefix: str = '') -> dict:
 
 def run_metrics(workdir: str) -> tuple[dict, dict]:
     """(every metric's last value, keyed as in metrics.jsonl or as FILE.json/path/in/it; the
-    run record: commit, date, machine, wall time) of a finished run's workdir."""
+    run record: commit, date, machine, wall time) of a finished run's workdir. A workdir of
+    phases (the DBN's rbm_1..L and finetune, each a run of its own) gives each phase's metrics
+    as PHASE/key, its top-level JSON files as above, and the phases' wall times summed."""
+    if not os.path.exists(os.path.join(workdir, 'metrics.jsonl')) and os.path.isdir(workdir):
+        phases = [n for n in sorted(os.listdir(workdir))
+                  if os.path.isfile(os.path.join(workdir, n, 'metrics.jsonl'))]
+        if phases:
+            return _phased_metrics(workdir, phases)
     run = load_run(workdir)
+    return _metrics(run), _run_record([run])
+
+
+def _metrics(run, prefix: str = '') -> dict:
     metrics = {}
     for record in run.records:
-        metrics.update({k: v for k, v in record.items() if k not in ('step', 'time')})
+        metrics.update({prefix + k: v for k, v in record.items() if k not in ('step', 'time')})
     for name, content in run.results.items():
-        metrics.update(flatten(content, name))
-    seconds, _ = wall_time(run.records, run.starts)
-    last = (run.starts or [{}])[-1]
-    return metrics, dict(
-        commit=last.get('git_commit'), dirty=last.get('git_dirty'), date=last.get('time_utc'),
-        machine=last.get('cpu_model'),
-        devices=last.get('device_kinds'), steps=max(r['step'] for r in run.records),
-        wall_s=round(seconds, 1), recorded=time.strftime('%Y-%m-%d'))
+        metrics.update(flatten(content, prefix + name))
+    return metrics
+
+
+def _phased_metrics(workdir: str, phases: list[str]) -> tuple[dict, dict]:
+    runs = [load_run(os.path.join(workdir, p)) for p in phases]
+    runs.sort(key=lambda r: min(s['time'] for s in r.starts) if r.starts else 0)  # as they ran
+    phases = [os.path.basename(r.workdir) for r in runs]
+    commits = {(r.starts or [{}])[-1].get('git_commit') for r in runs}
+    if len(commits) > 1:
+        raise errors.InputError(f'{workdir}: its phases ran at different commits ('
+                                f'{", ".join(sorted(str(c)[:10] for c in commits))}); rerun it '
+                                'at one commit to record it')
+    metrics = {}
+    for phase, run in zip(phases, runs):
+        metrics.update(_metrics(run, phase + '/'))
+    for name in sorted(os.listdir(workdir)):
+        if name.endswith('.json') and name != 'config.json':
+            with open(os.path.join(workdir, name), encoding='utf-8') as f:
+                metrics.update(flatten(json.load(f), name))
+    return metrics, _run_record(runs)
+
+
+def _run_record(runs: list) -> dict:
+    """Commit, dirty tree, date and machine of the first run's last start; wall time and steps
+    summed over the runs (the phases of one experiment)."""
+    first = (runs[0].starts or [{}])[-1]
+    return dict(
+        commit=first.get('git_commit'),
+        dirty=any((r.starts or [{}])[-1].get('git_dirty') for r in runs),
+        date=first.get('time_utc'), machine=first.get('cpu_model'),
+        devices=first.get('device_kinds'),
+        steps=sum(max(r['step'] for r in run.records) for run in runs),
+        wall_s=round(sum(wall_time(run.records, run.starts)[0] for run in runs), 1),
+        recorded=time.strftime('%Y-%m-%d'))
 
 
 def record(workdir: str, path: str) -> dict:
