@@ -24,7 +24,7 @@ import sys
 import time
 
 from research import errors
-from research.report.run import load_run, wall_time
+from research.report.run import load_run, read_results, wall_time
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BEGIN, END = '<!-- results table: python -m research.report.results -->', '<!-- end of table -->'
@@ -212,10 +212,8 @@ def _phased_metrics(workdir: str, phases: list[str]) -> tuple[dict, dict]:
     metrics = {}
     for phase, run in zip(phases, runs):
         metrics.update(_metrics(run, phase + '/'))
-    for name in sorted(os.listdir(workdir)):
-        if name.endswith('.json') and name != 'config.json':
-            with open(os.path.join(workdir, name), encoding='utf-8') as f:
-                metrics.update(flatten(json.load(f), name))
+    for name, content in read_results(workdir).items():
+        metrics.update(flatten(content, name))
     return metrics, _run_record(runs)
 
 

@@ -67,6 +67,13 @@ def read_metrics(path: str) -> list[dict]:
     return records
 
 
+def read_results(workdir: str) -> dict[str, object]:
+    """The workdir's own JSON results (results.json, classification.json...), by file name:
+    every *.json but config.json and run_info.json; a bad one is named."""
+    return {n: _read_json(os.path.join(workdir, n)) for n in sorted(os.listdir(workdir))
+            if n.endswith('.json') and n not in _OWN_FILES}
+
+
 def load_run(workdir: str) -> Run:
     if not os.path.isdir(workdir):
         raise FileNotFoundError(f'workdir {workdir} does not exist or is not a directory')
@@ -85,8 +92,7 @@ def load_run(workdir: str) -> Run:
         elif name.endswith('.png'):
             images.append(os.path.join(samples, name))
     images += [os.path.join(workdir, n) for n in sorted(os.listdir(workdir)) if n.endswith('.png')]
-    results = {n: _read_json(os.path.join(workdir, n)) for n in sorted(os.listdir(workdir))
-               if n.endswith('.json') and n not in _OWN_FILES}
+    results = read_results(workdir)
     return Run(workdir=workdir, name=_run_name(workdir, config, starts), config=config,
                records=records, starts=starts,
                timelines={k: sorted(v) for k, v in timelines.items()}, images=images,
