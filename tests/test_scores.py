@@ -238,6 +238,25 @@ def test_command_prints_one_json_line_with_every_key(fake_cli, capsys):
     assert len(score_lib._REFERENCES) == 1  # the reference features were computed once
 
 
+def test_a_scoring_run_leaves_a_workdir_that_a_results_row_records(fake_cli, capsys):
+    from research.report import results
+    from research.train import run_info
+
+    run, tmp_path = fake_cli
+    workdir = tmp_path / 'floor'
+    for _ in range(2):  # a rerun in the same workdir: one record, two starts
+        run('--floor', '--test-dir', str(tmp_path), '--workdir', str(workdir))
+    line = json.loads(capsys.readouterr().out.splitlines()[-1])
+    metrics, record = results.run_metrics(str(workdir))
+    assert metrics['scores/fid'] == pytest.approx(line['fid'])
+    assert metrics['scores.json/kid'] == pytest.approx(line['kid'])
+    assert metrics['scores/n'] == 300
+    assert record['steps'] == 0 and record['commit'] == run_info.git_commit()
+    records = [json.loads(x) for x in (workdir / 'metrics.jsonl').read_text().splitlines()]
+    assert len(records) == 1 and records[0]['step'] == 0
+    assert len(json.loads((workdir / 'run_info.json').read_text())['starts']) == 2
+
+
 def test_floor_without_a_test_split_fails_clearly(fake_cli, monkeypatch, capsys):
     run, tmp_path = fake_cli
     (tmp_path / 't10k-images-idx3-ubyte').unlink()

@@ -20,6 +20,11 @@ a model's numbers. FID falls as N grows, so compare numbers at equal N (the expe
 `score_images` is the same as a library call, for experiments to run at the end of training;
 the reference features are computed once per process for each (dataset, split, data source,
 judge).
+
+`--workdir DIR` makes the scoring a run of its own, as a training run's workdir is: DIR gets
+run_info.json (commit, machine, date), metrics.jsonl (the scores as `scores/...` at step 0) and
+scores.json (the whole line), so `python -m research.report.results record DIR RECORD` can make
+a README row of it (the floors are rows so).
 """
 import dataclasses
 import json
@@ -156,6 +161,8 @@ def main(argv=None):
     parser.add_argument('--data-dir', help='IDX directory of the reference split')
     parser.add_argument('--limit', type=int, help='score only the first N samples')
     parser.add_argument('--kid-subsets', type=int, default=100)
+    parser.add_argument('--workdir', help='also write the scores as a run: run_info.json, '
+                        'metrics.jsonl and scores.json in this directory')
     args = parser.parse_args(argv)
     if args.floor == (args.samples is not None):
         parser.error('give either a samples file or --floor, not both or neither')
@@ -169,6 +176,10 @@ def main(argv=None):
 
     start = time.perf_counter()
     with errors.reported():
+        if args.workdir:
+            from research.train import run_info  # imports jax; only for a scoring run
+
+            run_info.write_run_info(args.workdir, step=0)
         if args.floor:
             try:
                 test = data.load(args.dataset, 'test', args.test_dir)
@@ -183,7 +194,22 @@ def main(argv=None):
                               reference_split=args.reference_split, data_dir=args.data_dir,
                               kid_subsets=args.kid_subsets)
     result = {'samples': samples, **result, 'seconds': round(time.perf_counter() - start, 2)}
+    if args.workdir:
+        _write_run(args.workdir, result)
     print(json.dumps(result), flush=True)
+
+
+def _write_run(workdir: str, result: dict) -> None:
+    """The scores as a run's records: metrics.jsonl at step 0 and scores.json."""
+    from research.train.metrics import MetricWriter
+    from research.train.outputs import Outputs
+
+    numbers = {f'scores/{key}': value for key, value in result.items()
+               if isinstance(value, (int, float)) and not isinstance(value, bool)}
+    writer = MetricWriter(workdir)
+    writer.scalars(0, numbers, replace=True)  # a rerun in the same workdir keeps one record
+    writer.close()
+    Outputs(workdir).json('scores.json', result)
 
 
 if __name__ == '__main__':
