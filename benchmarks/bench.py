@@ -17,6 +17,9 @@ hyperparameters, the generator's EMA) from gan_mnist's default and mlp presets; 
 (B, 129) random character ids of 65 symbols; `transformer` from char_lm's default preset
 (--batch defaults to nanoGPT's 12). `rbm` is dbn_mnist's CD step with its momentum and weight
 decay on a fixed random binary batch, non-persistent (CD-1) as in the PyTorch reference.
+`flops_per_step` counts the step's matmul and convolution FLOPs from its jaxpr
+(research.train.flops), `flops_per_s` is that times the step rate, and `mfu` the model FLOP
+utilisation where the device's peak is known (None on a CPU).
 `--kernels plain` times the plain Flax layers instead of the fast ones (research/models/fast).
 PyTorch eager references of the same networks: `benchmarks/torch_reference.py`.
 """
@@ -32,6 +35,7 @@ from experiments import char_lm, dbn_mnist, gan_mnist, vae_mnist
 from research import errors
 from research.models.rbm import init_rbm
 from research.objectives.rbm import init_rbm_state, make_cd_step
+from research.train import flops as flops_lib
 
 IMAGE_SHAPE = (28, 28, 1)
 VOCAB = 65  # tiny shakespeare's
@@ -89,6 +93,7 @@ DEFAULT_BATCH = {'transformer': 12}  # nanoGPT's baby-GPT recipe
 def measure(model: str, batch: int, steps: int, repeats: int, warmup: int,
             kernels: str = 'auto') -> dict:
     state, step, data = MODELS[model](batch, kernels)
+    counted = flops_lib.step_flops(step, state, data)
     t0 = time.perf_counter()
     compiled = jax.jit(step, donate_argnums=0).lower(state, data).compile()
     compile_s = time.perf_counter() - t0
@@ -103,11 +108,15 @@ def measure(model: str, batch: int, steps: int, repeats: int, warmup: int,
         jax.block_until_ready((state, metrics))
         rates.append(steps / (time.perf_counter() - t0))
     rate = statistics.median(rates)
+    device = jax.devices()[0].device_kind
+    mfu = flops_lib.utilisation(counted.flops * rate, device)
     return {'framework': 'jax', 'jax_version': jax.__version__, 'model': model, 'batch': batch,
             'kernels': kernels, 'steps_per_s': round(rate, 3),
             'examples_per_s': round(rate * batch, 1), 'compile_s': round(compile_s, 2),
             'repeats': repeats, 'steps': steps, 'backend': jax.default_backend(),
-            'device': jax.devices()[0].device_kind}
+            'device': device, 'flops_per_step': counted.flops,
+            'flops_per_s': round(counted.flops * rate),
+            'mfu': None if mfu is None else round(mfu, 5)}
 
 
 def main(argv=None):

@@ -83,16 +83,6 @@ def test_intervals_must_be_multiples_of_k(tmp_path):
         run(tmp_path, 'three', 2, jax.devices()[:1])
 
 
-def test_bench_scale_reports_both_rates():
-    from benchmarks import bench_scale
-    fused = bench_scale.fused('vae', batch=16, k=2, steps=2, repeats=1)
-    assert fused['k'] == 2 and fused['single_examples_per_s'] > 0
-    assert fused['speedup'] == pytest.approx(
-        fused['fused_examples_per_s'] / fused['single_examples_per_s'], rel=1e-2)
-    members = bench_scale.populations('mlpgan', batch=8, members=2, steps=2, repeats=1)
-    assert members['members'] == 2 and members['population_examples_per_s'] > 0
-
-
 def test_fused_steps_on_text_windows_equal_single_steps(tmp_path):
     # WindowPipeline honours the indexed protocol too: a window's token positions are its rows.
     config = char_lm.get_config('smoke')

@@ -95,10 +95,47 @@ def test_record_takes_the_metrics_and_the_run_from_the_workdir(tmp_path):
         'FID 117.1, accuracy 95.0% |')
     entry['result'] = 'KID {scores/kid:.1f}'
     path.write_text(json.dumps(entry))
-    with pytest.raises(InputError, match=r'row\.json: result names scores/kid, which .* did '
+    with pytest.raises(InputError, match=r'row\.json: its cells name scores/kid, which .* did '
                                          r'not record; it has: d_loss, results\.json/finetune/'
                                          r'accuracy, scores/fid'):
         results.record(str(workdir), str(path))
+
+
+def test_each_table_takes_its_own_records_and_cells_and_all_must_be_in_the_readme():
+    run = {'commit': 'abc', 'wall_s': 61.0, 'machine': 'Intel(R) Xeon(R) Processor'}
+    main = {'experiment': 'GAN', 'command': 'c', 'data': 'd', 'hardware': '2 cores ({machine})',
+            'wall_time': '{wall}', 'result': 'FID {fid:.1f}', 'metrics': {'fid': 117.06},
+            'run': run}
+    samples = {'table': 'samples', 'experiment': 'GAN samples', 'fid': '{fid:.2f}',
+               'kid': '{kid:.1f}', 'classifier_score': 'x | y', 'metrics': {'fid': 117.06,
+                                                                          'kid': 29.94},
+               'run': run}
+    records = [('a.json', main), ('b.json', samples)]
+    assert results.table('samples', records).splitlines()[1:-1] == [
+        '| what is scored (10,000 images unless said) | FID | KID | classifier score |',
+        '|---|---|---|---|', '| GAN samples | 117.06 | 29.9 | x \\| y |']
+    assert results.table('results', records).splitlines()[3] == (
+        '| GAN | `c` | d | 2 cores (Intel Xeon) | 1 min 01 s | FID 117.1 |')
+    readme = '\n'.join(f'{results._begin(t)}\nold\n{results.END}'
+                        for t in ('results', 'samples', 'judges'))
+    new = results.rewrite('intro\n' + readme + '\nend', records)
+    assert new.startswith('intro\n' + results.table('results', records)) and 'old' not in new
+    assert '| MNIST | `python -m experiments.classifier --config=experiments/classifier.py:' \
+           'judge_mnist --workdir runs/judge_mnist` |' in new and new.endswith('\nend')
+    with pytest.raises(InputError, match='should hold one <!-- samples table: .* it holds 0'):
+        results.rewrite(readme.replace('samples table', 'sample table'), records)
+
+
+def test_a_record_naming_an_unknown_table_or_lacking_a_cell_is_refused(tmp_path):
+    (tmp_path / 'a.json').write_text(json.dumps({'table': 'speed', 'metrics': {}}))
+    with pytest.raises(InputError, match=r"a\.json: table 'speed' is not one of results, "
+                                         r"samples"):
+        results.read_records(str(tmp_path))
+    (tmp_path / 'a.json').write_text(json.dumps({'table': 'samples', 'experiment': 'e',
+                                                 'fid': 'f', 'module': 'm', 'metrics': {},
+                                                 'run': {}}))
+    with pytest.raises(InputError, match=r'a\.json: missing kid, classifier_score$'):
+        results.read_records(str(tmp_path))
 
 
 def test_record_of_a_run_in_phases_sums_their_wall_times_and_refuses_mixed_commits(tmp_path):

@@ -1,19 +1,23 @@
-"""README's results table, generated from one record per row (results/*.json), and a staleness
+"""README's results tables, generated from one record per row (results/*.json), and a staleness
 check against the code each row exercises.
 
-    python -m research.report.results                  # rewrite README.md's table from the records
+    python -m research.report.results                  # rewrite README.md's tables from the records
     python -m research.report.results --check          # README disagrees or a row is stale: exit 1
     python -m research.report.results record runs/gan_mnist results/01_dcgan.json
                                                        # a record's run and metrics from its workdir
 
-A record holds the row's words (`experiment`, `command`, `data`, `hardware`, `wall_time` and
-`result`, whose `{name:format}` fields are filled from `metrics`: a key of metrics.jsonl, or
-FILE.json/path/in/it for another JSON file of the workdir; `{wall}` is the run's wall time),
-the `module` it runs, and `run`: the commit (and whether the tree was dirty), date, machine and
-wall time the run's own files recorded (run_info.json, metrics.jsonl, results.json), written by
-`record`, never typed in. A row is stale when a commit after `run.commit` changed a file its
-module imports (transitively, inside this repository), when it ran with uncommitted changes,
-or when it has no run record at all (`run.source` says where its numbers came from instead).
+A record names its `table` (TABLES: 'results' by default, or 'samples') and holds that table's
+cells as words (for 'results': `experiment`, `command`, `data`, `hardware`, `wall_time` and
+`result`), whose `{name:format}` fields are filled from `metrics`: a key of metrics.jsonl, or
+FILE.json/path/in/it for another JSON file of the workdir; `{wall}` is the run's wall time and
+`{machine}` the CPU it ran on (run_info.json's cpu_model). It
+names the `module` it runs, and holds `run`: the commit (and whether the tree was dirty), date,
+machine and wall time the run's own files recorded (run_info.json, metrics.jsonl, results.json),
+written by `record`, never typed in. A row is stale when a commit after `run.commit` changed a
+file its module imports (transitively, inside this repository), when it ran with uncommitted
+changes, or when it has no run record at all (`run.source` says where its numbers came from
+instead). The judges table is not a run's: it is the pinned weights' own record
+(research.evals.judge.JUDGES, whose accuracies the tests re-measure).
 """
 import ast
 import json
@@ -27,8 +31,26 @@ from research import errors
 from research.report.run import load_run, read_results, wall_time
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BEGIN, END = '<!-- results table: python -m research.report.results -->', '<!-- end of table -->'
-COLUMNS = ('experiment', 'command', 'data', 'hardware', 'wall time', 'result')
+END = '<!-- end of table -->'
+
+
+def _begin(table: str) -> str:
+    return f'<!-- {table} table: python -m research.report.results -->'
+
+
+# Each README table: its columns as (heading, the record's key for that cell). A record names
+# its table (`table`, default 'results'); its rows go in file-name order.
+TABLES = {
+    'results': (('experiment', 'experiment'), ('command', 'command'), ('data', 'data'),
+                ('hardware', 'hardware'), ('wall time', 'wall_time'), ('result', 'result')),
+    'samples': (('what is scored (10,000 images unless said)', 'experiment'), ('FID', 'fid'),
+                ('KID', 'kid'), ('classifier score', 'classifier_score')),
+}
+JUDGES_TABLE = ('judge', 'recipe (fixed seed)',
+                'trained on / tested on', 'test accuracy', 'weights (sha256)')
+_JUDGE_NAMES = {'mnist': 'MNIST', 'fashion_mnist': 'Fashion-MNIST'}
+BEGIN = _begin('results')
+_RUN_KEYS = ('module', 'metrics', 'run')
 _FIELD = re.compile(r'\{([^{}:]+)(?::([^{}]*))?\}')  # {name} or {name:format}
 
 
@@ -53,8 +75,11 @@ def read_records(directory: str) -> list[tuple[str, dict]]:
             except json.JSONDecodeError as e:
                 raise errors.InputError(f'{path}, line {e.lineno}: not valid JSON ({e.msg})'
                                         ) from None
-        missing = [k for k in ('experiment', 'command', 'data', 'hardware', 'wall_time',
-                               'result', 'module', 'metrics', 'run') if k not in record]
+        table = record.setdefault('table', 'results')
+        if table not in TABLES:
+            raise errors.InputError(f'{path}: table {table!r} is not one of '
+                                    f'{", ".join(TABLES)}')
+        missing = [k for k in _keys(table) + _RUN_KEYS if k not in record]
         if missing:
             raise errors.InputError(f'{path}: missing {", ".join(missing)}')
         records.append((path, record))
@@ -71,32 +96,67 @@ def duration(seconds: float) -> str:
     return f'{seconds // 3600} h {seconds % 3600 // 60:02d} min'
 
 
+def _keys(table: str) -> tuple[str, ...]:
+    return tuple(key for _, key in TABLES[table])
+
+
+def machine_name(cpu_model: str) -> str:
+    """'Intel(R) Xeon(R) Processor' -> 'Intel Xeon': the CPU as a table names it."""
+    words = re.sub(r'\((R|TM)\)', '', cpu_model).split()
+    return ' '.join(w for w in words if w not in ('Processor', 'CPU')) or cpu_model
+
+
 def row(path: str, record: dict) -> str:
-    """One Markdown table row: `wall_time` and `result` filled from `metrics` (and {wall}, the
-    run's wall time); a name that `metrics` lacks is named."""
+    """One Markdown table row, each cell filled from `metrics` (and {wall}, the run's wall
+    time); a name that `metrics` lacks is named. A command is set as code."""
     values = dict(record['metrics'])
     if record['run'].get('wall_s') is not None:
         values['wall'] = duration(record['run']['wall_s'])
+    if record['run'].get('machine'):
+        values['machine'] = machine_name(record['run']['machine'])
     try:
-        wall, result = (fill(record[k], values) for k in ('wall_time', 'result'))
+        cells = [fill(record[k], values) for k in _keys(record.get('table', 'results'))]
     except KeyError as e:
         raise errors.InputError(f'{path}: names {e.args[0]!r}, which its metrics lack') from None
-    cells = [record['experiment'], f'`{record["command"]}`', record['data'],
-             record['hardware'], wall, result]
+    cells = [f'`{c}`' if k == 'command' else c
+             for k, c in zip(_keys(record.get('table', 'results')), cells)]
     return '| ' + ' | '.join(c.replace('|', '\\|') for c in cells) + ' |'
 
 
-def table(records: list[tuple[str, dict]]) -> str:
-    head = ['| ' + ' | '.join(COLUMNS) + ' |', '|' + '---|' * len(COLUMNS)]
-    return '\n'.join([BEGIN, *head, *(row(p, r) for p, r in records), END])
+def table(name: str, records: list[tuple[str, dict]]) -> str:
+    """The table `name`, markers included, of the records that name it."""
+    headings = [heading for heading, _ in TABLES[name]]
+    head = ['| ' + ' | '.join(headings) + ' |', '|' + '---|' * len(headings)]
+    rows = [row(p, r) for p, r in records if r.get('table', 'results') == name]
+    return '\n'.join([_begin(name), *head, *rows, END])
+
+
+def judges_table() -> str:
+    """The pinned judges, from research.evals.judge.JUDGES."""
+    from research.evals import judge  # imports jax and flax: only to write or check the README
+
+    head = ['| ' + ' | '.join(JUDGES_TABLE) + ' |', '|' + '---|' * len(JUDGES_TABLE)]
+    rows = [f'| {_JUDGE_NAMES.get(name, name)} | `{info["command"]}` | {info["trained_on"]} / '
+            f'{info["tested_on"]} | {100 * info["test_accuracy"]:.2f}% | '
+            f'`research/evals/judges/{name}.msgpack`, `{info["sha256"]}` |'
+            for name, info in judge.JUDGES.items()]
+    return '\n'.join([_begin('judges'), *head, *rows, END])
 
 
 def rewrite(readme: str, records: list[tuple[str, dict]]) -> str:
-    """README text with the table between the markers replaced."""
-    start, stop = readme.find(BEGIN), readme.find(END)
-    if start < 0 or stop < start:
-        raise errors.InputError(f'README.md has no {BEGIN} ... {END} block to rewrite')
-    return readme[:start] + table(records) + readme[stop + len(END):]
+    """README text with each table between its markers replaced; every table must be there
+    once."""
+    tables = {name: table(name, records) for name in TABLES}
+    tables['judges'] = judges_table()
+    for name, text in tables.items():
+        begin = _begin(name)
+        start = readme.find(begin)
+        stop = readme.find(END, start)
+        if start < 0 or stop < 0 or readme.count(begin) != 1:
+            raise errors.InputError(f'README.md should hold one {begin} ... {END} block to '
+                                    f'rewrite; it holds {readme.count(begin)}')
+        readme = readme[:start] + text + readme[stop + len(END):]
+    return readme
 
 
 # Which code a row exercises.
@@ -236,14 +296,17 @@ def record(workdir: str, path: str) -> dict:
     with open(path, encoding='utf-8') as f:
         entry = json.load(f)
     metrics, run = run_metrics(workdir)
-    names = fields(entry['result'])
+    table = entry.get('table', 'results')
+    if table == 'results':
+        entry.setdefault('wall_time', '{wall}')
+    names = list(dict.fromkeys(n for k in _keys(table) for n in fields(entry.get(k, ''))
+                               if n not in ('wall', 'machine')))
     unknown = [n for n in names if n not in metrics]
     if unknown:
-        raise errors.InputError(f'{path}: result names {", ".join(unknown)}, which {workdir} '
+        raise errors.InputError(f'{path}: its cells name {", ".join(unknown)}, which {workdir} '
                                 f'did not record; it has: {", ".join(sorted(metrics))}')
     entry['metrics'] = {n: metrics[n] for n in names}
     entry['run'] = run
-    entry.setdefault('wall_time', '{wall}')
     with open(path, 'w', encoding='utf-8') as f:
         json.dump(entry, f, indent=1)
         f.write('\n')
