@@ -1,9 +1,12 @@
 """Bad input, across every experiment and command: one FATAL line that names the problem, the
-exit status of research.errors, within 5 seconds of the command's start (before anything is
+exit status of research.errors, within 10 seconds of the command's start (before anything is
 compiled), and a workdir that holds nothing new or changed.
 
 Each row is a command line as a user would type it, run as a subprocess; two run at a time (each
-spends most of its time importing jax, so the 5 seconds are measured with the machine busy).
+spends most of its time importing jax, so the seconds are measured with the machine busy). The
+bar was 5 s; on the 2-core AMD EPYC without AVX-512 (Zen 3), about 3x slower than the Intel Xeon
+on this project's work, two rows took 5.2 and 5.8 s in a CI run on a quiet machine (2026-12-02).
+A compile or a hang takes far longer than 10 s.
 """
 import concurrent.futures
 import dataclasses
@@ -19,7 +22,7 @@ import pytest
 
 from conftest import REPO
 
-LIMIT_S = 5.0
+LIMIT_S = 10.0
 GAN = ['-m', 'experiments.gan_mnist', '--config=experiments/gan_mnist.py:smoke']
 MLP_GAN = GAN + ['--config.model.arch=mlp', '--config.scores.at_end=False',
                  '--config.export.num_samples=16']
