@@ -93,9 +93,9 @@ DEFAULT_BATCH = {'transformer': 12}  # nanoGPT's baby-GPT recipe
 def measure(model: str, batch: int, steps: int, repeats: int, warmup: int,
             kernels: str = 'auto') -> dict:
     state, step, data = MODELS[model](batch, kernels)
-    counted = flops_lib.step_flops(step, state, data)
     t0 = time.perf_counter()
-    compiled = jax.jit(step, donate_argnums=0).lower(state, data).compile()
+    traced = jax.jit(step, donate_argnums=0).trace(state, data)  # traced once: FLOPs, compile
+    compiled = traced.lower().compile()
     compile_s = time.perf_counter() - t0
     for _ in range(warmup):
         state, metrics = compiled(state, data)
@@ -108,6 +108,7 @@ def measure(model: str, batch: int, steps: int, repeats: int, warmup: int,
         jax.block_until_ready((state, metrics))
         rates.append(steps / (time.perf_counter() - t0))
     rate = statistics.median(rates)
+    counted = flops_lib.jaxpr_flops(traced.jaxpr)
     device = jax.devices()[0].device_kind
     mfu = flops_lib.utilisation(counted.flops * rate, device)
     return {'framework': 'jax', 'jax_version': jax.__version__, 'model': model, 'batch': batch,

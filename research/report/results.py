@@ -114,20 +114,24 @@ def row(path: str, record: dict) -> str:
         values['wall'] = duration(record['run']['wall_s'])
     if record['run'].get('machine'):
         values['machine'] = machine_name(record['run']['machine'])
+    keys = _keys(record.get('table', 'results'))
     try:
-        cells = [fill(record[k], values) for k in _keys(record.get('table', 'results'))]
+        cells = [fill(record[k], values) for k in keys]
     except KeyError as e:
         raise errors.InputError(f'{path}: names {e.args[0]!r}, which its metrics lack') from None
-    cells = [f'`{c}`' if k == 'command' else c
-             for k, c in zip(_keys(record.get('table', 'results')), cells)]
+    cells = [f'`{c}`' if k == 'command' else c for k, c in zip(keys, cells)]
     return '| ' + ' | '.join(c.replace('|', '\\|') for c in cells) + ' |'
 
 
 def table(name: str, records: list[tuple[str, dict]]) -> str:
     """The table `name`, markers included, of the records that name it."""
-    headings = [heading for heading, _ in TABLES[name]]
-    head = ['| ' + ' | '.join(headings) + ' |', '|' + '---|' * len(headings)]
     rows = [row(p, r) for p, r in records if r.get('table', 'results') == name]
+    return _block(name, [heading for heading, _ in TABLES[name]], rows)
+
+
+def _block(name: str, headings, rows: list[str]) -> str:
+    """A table between its markers: the heading row, the rule, the rows."""
+    head = ['| ' + ' | '.join(headings) + ' |', '|' + '---|' * len(headings)]
     return '\n'.join([_begin(name), *head, *rows, END])
 
 
@@ -135,12 +139,11 @@ def judges_table() -> str:
     """The pinned judges, from research.evals.judge.JUDGES."""
     from research.evals import judge  # imports jax and flax: only to write or check the README
 
-    head = ['| ' + ' | '.join(JUDGES_TABLE) + ' |', '|' + '---|' * len(JUDGES_TABLE)]
     rows = [f'| {_JUDGE_NAMES.get(name, name)} | `{info["command"]}` | {info["trained_on"]} / '
             f'{info["tested_on"]} | {100 * info["test_accuracy"]:.2f}% | '
             f'`research/evals/judges/{name}.msgpack`, `{info["sha256"]}` |'
             for name, info in judge.JUDGES.items()]
-    return '\n'.join([_begin('judges'), *head, *rows, END])
+    return _block('judges', JUDGES_TABLE, rows)
 
 
 def rewrite(readme: str, records: list[tuple[str, dict]]) -> str:

@@ -46,7 +46,11 @@ class StepFlops:
 
 def step_flops(fn, *args) -> StepFlops:
     """FLOPs of one call of `fn(*args)` (arrays or jax.ShapeDtypeStructs), from its jaxpr."""
-    closed = jax.make_jaxpr(fn)(*args)
+    return jaxpr_flops(jax.make_jaxpr(fn)(*args))
+
+
+def jaxpr_flops(closed) -> StepFlops:
+    """FLOPs of a traced program (a ClosedJaxpr, e.g. `jax.jit(f).trace(*args).jaxpr`)."""
     return StepFlops(*_count(closed.jaxpr))
 
 
