@@ -36,7 +36,9 @@ def get_config(preset: str = 'default') -> ml_collections.ConfigDict:
     cli.check_preset('char_lm', preset, PRESETS)
     c = ml_collections.ConfigDict()
     c.preset, c.seed = preset, 0
-    c.data = dict(path='', seq_len=64, source='auto')  # seq_len: window = Transformer context
+    # seq_len: window = Transformer context. holdout=N: the last N characters of the training
+    # part are held out to choose a recipe on, and validation (the reported split) is not read.
+    c.data = dict(path='', seq_len=64, source='auto', holdout=0)
     c.model = dict(kind='transformer', layers=4, heads=4, width=128, dropout=0.0,
                    positions='learned', tie_weights=True, embed=64, hidden=256, unroll=1,
                    kernels='auto')  # kernels: the LSTM/GRU's (research/models/fast)
@@ -63,7 +65,7 @@ def get_config(preset: str = 'default') -> ml_collections.ConfigDict:
         c.train.update(batch_size=8, steps=4, log_every=2, checkpoint_every=2, eval_every=2)
         c.sample.update(every=2, length=20)
         c.eval.batch_size = 16
-    return c
+    return cli.run_options(c)
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -81,6 +83,20 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f'need sample.temperature > 0 and sample.top_k >= 0, got {s.temperature} '
                          f'and {s.top_k}')
     fast.check_kernels(m.kernels)
+    if config.data.holdout < 0:
+        raise ValueError(f'data.holdout must be >= 0 characters, got {config.data.holdout}')
+
+
+def splits(tokens: np.ndarray, holdout: int, seq_len: int):
+    """(train, evaluation split, its name): the first 90% and the last 10% ('val'), or with
+    `holdout` the 90% less its last `holdout` characters, and those ('holdout')."""
+    train, validation = data.split_tokens(tokens)
+    if not holdout:
+        return train, validation, 'val'
+    if holdout > len(train) - 2 * (seq_len + 1):
+        raise ValueError(f'data.holdout={holdout} leaves too little to train on: the training '
+                         f'part has {len(train):,} characters')
+    return train[:-holdout], train[-holdout:], 'holdout'
 
 
 def build(config: ml_collections.ConfigDict, vocab_size: int):
@@ -99,6 +115,8 @@ def run(config: ml_collections.ConfigDict, workdir: str):
     check_config(config)
     text, source = data.load_corpus(config.data.path, config.data.source)  # nothing written yet
     vocab, s, out = data.Vocab.from_text(text), config.sample, Outputs(workdir)
+    train, validation, split = splits(vocab.encode(text), config.data.holdout,
+                                      config.data.seq_len)
     if any(c not in vocab.chars for c in s.prompt):
         raise ValueError(f'sample.prompt {s.prompt!r} has characters outside the corpus vocabulary')
     record, saved = data.vocab_record(vocab, text, source), out.existing_json('vocab.json')
@@ -107,18 +125,18 @@ def run(config: ml_collections.ConfigDict, workdir: str):
     else:  # before config.json: a refused resume leaves the workdir as it was
         data.check_vocab(saved, record, out.path('vocab.json'))
     save_config(config, workdir)
-    train, validation = data.split_tokens(vocab.encode(text))
     model, init, step = build(config, len(vocab))
     n = count_params(jax.eval_shape(init, jax.random.PRNGKey(0)).params)  # shapes only
     out.print(f'{config.model.kind}: {n:,} parameters; corpus {source}: {len(train):,} train / '
-              f'{len(validation):,} validation chars, {len(vocab)} symbols')
+              f'{len(validation):,} {"validation" if split == "val" else "held-out"} chars, '
+              f'{len(vocab)} symbols')
     evaluate = make_lm_evaluator(model, config.data.seq_len, config.eval.batch_size)
     generate = make_generate(model, config.data.seq_len, s.length, top_k=s.top_k)
     prompt = vocab.encode(s.prompt or '\n')[None]
 
     def validate(step, state, out):  # over the whole split
         result = evaluate(state.params, validation)
-        return {'val/loss': result['loss'], 'val/bits_per_char': result['bits_per_char']}
+        return {f'{split}/loss': result['loss'], f'{split}/bits_per_char': result['bits_per_char']}
 
     def sample(step, state, out):
         tokens = generate(state.params, prompt, jax.random.PRNGKey(s.seed), s.temperature)
@@ -130,12 +148,15 @@ def run(config: ml_collections.ConfigDict, workdir: str):
     def final(step, state, out):
         sample(step, state, out)
         r = validate(step, state, out)
-        out.print(f'final (validation, {len(validation) - 1} chars, step {step}): loss '
-                  f'{r["val/loss"]:.4f} nats/char = {r["val/bits_per_char"]:.4f} bits/char (a '
+        name = 'validation' if split == 'val' else 'held out of training'
+        out.print(f'final ({name}, {len(validation) - 1} chars, step {step}): loss '
+                  f'{r[f"{split}/loss"]:.4f} nats/char = {r[f"{split}/bits_per_char"]:.4f} '
+                  'bits/char (a '
                   f'uniform guess: {math.log(len(vocab)):.3f} nats/char)')
         return r
 
-    loop.train(config.train, workdir=workdir, seed=config.seed, init=init, step=step,
+    loop.train(config.train, workdir=workdir, seed=config.seed, profile=config.profile,
+               init=init, step=step,
                pipeline=data.WindowPipeline(train, config.data.seq_len,
                                             config.train.batch_size, config.seed),
                hooks=[loop.Every(config.train.eval_every, validate), loop.Every(s.every, sample)],

@@ -75,7 +75,7 @@ def get_config(preset: str = 'default') -> ml_collections.ConfigDict:
         c.optim.warmup_steps = 1
         c.data.heldout = 200
         c.eval.batch_size = 64
-    return c
+    return cli.run_options(c)
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -117,7 +117,7 @@ def run(config: ml_collections.ConfigDict, workdir: str):
         return {f'{name}/accuracy': scores['accuracy'], f'{name}/macro_f1': scores['macro_f1']}
 
     out = Outputs(workdir)
-    loop.train(config.train, workdir=workdir, seed=config.seed,
+    loop.train(config.train, workdir=workdir, seed=config.seed, profile=config.profile,
                init=lambda key: init_classifier_state(key, model, tx, train.images.shape[1:]),
                step=make_classifier_step(model, tx, augment=config.train.augment),
                pipeline=pipeline, hooks=data.periodic(name, [loop.Every(

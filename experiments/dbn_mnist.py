@@ -53,7 +53,7 @@ def get_config(preset: str = 'default') -> ml_collections.ConfigDict:
         c.finetune.update(batch_size=16, steps=4, warmup_steps=1)
         c.train.update(log_every=2, checkpoint_every=2, eval_every=2)
         c.data.heldout, c.eval.batch_size = 200, 64
-    return c
+    return cli.run_options(c)
 
 
 def check_config(c: ml_collections.ConfigDict) -> None:
@@ -115,7 +115,7 @@ def run(config: ml_collections.ConfigDict, workdir: str):
                                  momentum=r.momentum, weight_decay=r.weight_decay),
             pipeline=data.BatchPipeline({'image': train.images}, r.batch_size, config.seed + l),
             hooks=data.periodic(name, [loop.Every(config.train.eval_every, monitor)]),
-            final=[final], outputs=out)
+            final=[final], outputs=out, profile=config.profile)
         layers.append(jax.device_get(state.params))
         results['layers'].append(layer)
 
@@ -136,6 +136,7 @@ def run(config: ml_collections.ConfigDict, workdir: str):
               f'{"the DBN" if layers else "a random init"}, {f.steps} steps')
     loop.train({**config.train, 'steps': f.steps}, workdir=out.path('finetune'),
                seed=config.seed + 2, step=make_classifier_step(model, tx), init_args=(layers,),
+               profile=config.profile,
                init=lambda key, layers: init_finetune_state(key, model, tx, shape, layers),
                pipeline=data.BatchPipeline({'image': train.images, 'label': train.labels},
                                            f.batch_size, config.seed), final=[report], outputs=out,

@@ -59,7 +59,7 @@ def get_config(preset: str = 'default') -> ml_collections.ConfigDict:
     if preset == 'smoke':  # seconds: for tests
         c.train.update(batch_size=16, steps=4, log_every=2, checkpoint_every=2, sample_every=2)
         c.export.update(num_samples=40, grid=16)
-    return c
+    return cli.run_options(c)
 
 
 def check_config(config: ml_collections.ConfigDict, losses=LOSSES) -> None:
@@ -142,7 +142,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, losses=LOSSES):
         [loop.Every(config.scores.every, fresh_scores)] if config.scores.every else [])
     out = Outputs(workdir)
     loop.train(config.train, workdir=workdir, seed=config.seed, init=init, step=step,
-               pipeline=pipeline, hooks=hooks, final=[grid, export], outputs=out)
+               pipeline=pipeline, hooks=hooks, final=[grid, export], outputs=out,
+               profile=config.profile)
     out.print(f'done: samples, metrics and checkpoints in {out.path()}')
 
 

@@ -60,7 +60,7 @@ def get_config(preset: str = 'default') -> ml_collections.ConfigDict:
         c.data.heldout = 200
         c.eval.update(batch_size=64, k=20, chunk=10)
         c.export.update(num_samples=40, grid=16)
-    return c
+    return cli.run_options(c)
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -139,7 +139,7 @@ def run(config: ml_collections.ConfigDict, workdir: str):
 
     out = Outputs(workdir)
     loop.train(config.train, workdir=workdir, seed=config.seed, init=init, step=step,
-               pipeline=pipeline, outputs=out, final=[grids, final],
+               pipeline=pipeline, outputs=out, final=[grids, final], profile=config.profile,
                hooks=[*data.periodic(name, [loop.Every(config.train.eval_every, evaluate)]),
                       loop.Every(config.train.sample_every, grids)])
     out.print(f'done: pictures, metrics and checkpoints in {out.path()}')

@@ -17,6 +17,9 @@ from pathlib import Path
 # which is what an offline machine looks like to it. Download tests serve their own mirror.
 os.environ['DEEPGEN_DATA_DIR'] = tempfile.mkdtemp(prefix='deepgen-test-cache-')
 os.environ['DEEPGEN_DATA_MIRROR'] = 'http://127.0.0.1:9'  # the discard port: nothing listens
+# Compiled programs too: the experiment subprocesses share a compilation cache of the session's
+# own (research.train.compile_cache), so the same smoke program compiles once per suite.
+os.environ['DEEPGEN_CACHE_DIR'] = tempfile.mkdtemp(prefix='deepgen-test-jax-cache-')
 
 import pytest
 

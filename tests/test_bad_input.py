@@ -97,6 +97,10 @@ ROWS = {
     'gan-bad-source': Row((*GAN, '--config.data.source=web'),
                           ("unknown data source 'web'; sources: auto, dir, download, tfds, "
                            'embedded',)),
+    'gan-profile-span': Row((*GAN, '--config.profile=20'),
+                            ("profile='20': give START:STOP, two step numbers, e.g. 10:20",)),
+    'gan-precision': Row((*GAN, '--config.train.precision=fp16'),
+                         ("train.precision must be one of f32, bf16, got 'fp16'",)),
     # the other experiments
     'vae-typo': Row((*VAE, '--config.model.latnet=3'),
                     ("unknown config key 'model.latnet'", 'did you mean model.latent')),

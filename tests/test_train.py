@@ -28,8 +28,8 @@ from tensorboardX.proto import event_pb2
 from conftest import build_gan, random_images
 from experiments import gan_mnist
 from research.data import BatchPipeline
-from research.errors import UserError
-from research.train import mesh as mesh_lib
+from research.errors import ConfigError, UserError
+from research.train import flops as flops_lib, mesh as mesh_lib
 from research.train.checkpoint import Checkpointer
 from research.train.images import image_grid, save_png
 from research.train.loop import Every, NonFiniteLossError, Schedule, train
@@ -37,7 +37,7 @@ from research.train.metrics import MetricWriter, Progress, format_duration
 from research.train.outputs import Outputs, save_config
 
 BATCH = 16
-METRIC_KEYS = {'d_loss', 'g_loss', 'd_real_logit', 'd_fake_logit', 'examples_per_s'}
+METRIC_KEYS = {'d_loss', 'g_loss', 'd_real_logit', 'd_fake_logit', 'examples_per_s', 'flops_per_s'}
 
 
 def one_device_mesh():
@@ -369,6 +369,57 @@ def test_metrics_jsonl_has_one_record_per_log_step(runs):
     assert not any('grid' in r for r in records)
 
 
+def test_the_flop_rate_is_the_steps_jaxpr_flops_at_the_logged_step_rate(runs, mlp_gan, pipeline):
+    # flops_per_s / examples_per_s is FLOPs per example: the traced step's matmul FLOPs (counted
+    # as research.train.flops counts them) over the batch. No `mfu` on a CPU: no known peak.
+    batch = mesh_lib.to_global_batch(pipeline.batch(0), one_device_mesh())
+    flops = flops_lib.jaxpr_flops(jax.make_jaxpr(mlp_gan.step)(mlp_gan.fresh_state(), batch)).flops
+    assert flops > 1e6
+    for r in (r for r in read_jsonl(runs.straight) if 'd_loss' in r):
+        assert r['flops_per_s'] / r['examples_per_s'] == pytest.approx(flops / BATCH, rel=1e-9)
+        assert 'mfu' not in r
+
+
+def test_a_profile_traces_the_steps_asked_for_into_the_workdir(mlp_gan, pipeline, tmp_path):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        train(schedule(4, 2, 4), workdir=str(tmp_path), init=start_at(mlp_gan.fresh_state()),
+              step=mlp_gan.step, pipeline=pipeline, mesh=one_device_mesh(), profile='1:3')
+    directory = tmp_path / 'profile'
+    assert f'profiled steps 2-3 into {directory}: tensorboard --logdir {directory}' in (
+        out.getvalue())
+    traces = list(directory.glob('plugins/profile/*/*.xplane.pb'))
+    assert len(traces) == 1 and b'jit_step' in traces[0].read_bytes()  # the train step is in it
+
+
+def test_train_precision_bf16_changes_the_step_and_an_unknown_one_is_refused(mlp_gan, pipeline,
+                                                                           tmp_path):
+    losses = {}
+    for precision in ('f32', 'bf16'):
+        train(schedule(2, 2, 2, precision=precision), workdir=str(tmp_path / precision),
+              init=start_at(mlp_gan.fresh_state()), step=mlp_gan.step, pipeline=pipeline,
+              mesh=one_device_mesh())
+        losses[precision] = read_jsonl(tmp_path / precision)[0]['d_loss']
+    assert losses['bf16'] != losses['f32']
+    assert losses['bf16'] == pytest.approx(losses['f32'], rel=1e-2)
+    with pytest.raises(ConfigError, match="train.precision must be one of f32, bf16, got 'f16'"):
+        train(schedule(2, 2, 2, precision='f16'), workdir=str(tmp_path / 'f16'),
+              init=start_at(mlp_gan.fresh_state()), step=mlp_gan.step, pipeline=pipeline,
+              mesh=one_device_mesh())
+
+
+@pytest.mark.parametrize('profile, message', [
+    ('5', "profile='5': give START:STOP, two step numbers"),
+    ('a:b', "profile='a:b': give START:STOP"),
+    ('3:3', "profile='3:3': need 0 <= START < STOP"),
+    ('-1:2', "profile='-1:2': need 0 <= START < STOP")])
+def test_a_bad_profile_span_is_named(mlp_gan, pipeline, tmp_path, profile, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        train(schedule(4, 2, 4), workdir=str(tmp_path), init=start_at(mlp_gan.fresh_state()),
+              step=mlp_gan.step, pipeline=pipeline, mesh=one_device_mesh(), profile=profile)
+    assert not os.listdir(tmp_path)  # refused before anything was written
+
+
 @pytest.mark.parametrize('k', [1, 2])
 def test_a_logged_value_is_the_mean_over_its_window_of_steps(mlp_gan, pipeline, tmp_path, k):
     # A metric equal to the step's own number (from state.step 0): the record at step 4 of a
@@ -685,11 +736,15 @@ def test_save_config_records_the_data_used_and_refuses_other_data(tmp_path):
 def test_progress_plain_lines_when_not_a_terminal():
     stream = io.StringIO()
     progress = Progress(10, stream=stream, enabled=True)
-    progress.update(3, {'d_loss': 0.5, 'g_loss': 1.25}, 1234.0, 75.0)
+    progress.update(3, {'d_loss': 0.5, 'g_loss': 1.25}, {'examples_per_s': 1234.0}, 75.0)
+    progress.update(4, {'d_loss': 0.5}, {'examples_per_s': 10.0, 'flops_per_s': 2.345e10}, 5.0)
+    progress.update(5, {}, {'examples_per_s': 10.0, 'flops_per_s': 3.1e14, 'mfu': 0.3134}, 5.0)
     progress.message('hello')
     progress.close()
     assert stream.getvalue() == (
-        'step 3/10 | d_loss 0.5 | g_loss 1.25 | 1,234 ex/s | eta 1m15s\nhello\n')
+        'step 3/10 | d_loss 0.5 | g_loss 1.25 | 1,234 ex/s | eta 1m15s\n'
+        'step 4/10 | d_loss 0.5 | 10 ex/s | 23.4 GFLOP/s | eta 5s\n'
+        'step 5/10 | 10 ex/s | 310 TFLOP/s (31.3% MFU) | eta 5s\nhello\n')
 
 
 def test_progress_redraws_one_line_on_a_terminal():
@@ -699,7 +754,7 @@ def test_progress_redraws_one_line_on_a_terminal():
 
     stream = Terminal()
     progress = Progress(10, stream=stream, enabled=True)
-    progress.update(3, {'d_loss': 0.5}, 10.0, 5.0)
+    progress.update(3, {'d_loss': 0.5}, {'examples_per_s': 10.0}, 5.0)
     progress.close()
     assert stream.getvalue() == (
         '\r[######..............] step 3/10 | d_loss 0.5 | 10 ex/s | eta 5s\x1b[K\n')
@@ -708,7 +763,7 @@ def test_progress_redraws_one_line_on_a_terminal():
 def test_disabled_progress_writes_nothing():
     stream = io.StringIO()
     progress = Progress(10, stream=stream, enabled=False)
-    progress.update(3, {'d_loss': 0.5}, 10.0, 5.0)
+    progress.update(3, {'d_loss': 0.5}, {'examples_per_s': 10.0}, 5.0)
     progress.message('hello')
     assert stream.getvalue() == ''
 

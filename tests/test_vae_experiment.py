@@ -222,7 +222,8 @@ def test_smoke_metrics_and_final_line(smoke):
     evals = [r for r in records if 'heldout/elbo' in r]
     assert [r['step'] for r in train] == [2, 4]
     for r in train:
-        assert set(r) == {'step', 'time', 'loss', 'beta', 'elbo', 'rec', 'kl', 'examples_per_s'}
+        assert set(r) == {'step', 'time', 'loss', 'beta', 'elbo', 'rec', 'kl', 'examples_per_s',
+                          'flops_per_s'}
         assert all(np.isfinite(v) for v in r.values())
     # The split it reports on is evaluated once, at the end (step 4): not at eval_every=2.
     assert [r['step'] for r in evals] == [4]

@@ -176,6 +176,8 @@ def main(argv=None):
 
     start = time.perf_counter()
     with errors.reported():
+        from research.train import compile_cache
+        compile_cache.configure()  # the judge's programs, cached on disk across calls
         if args.workdir:
             from research.train import run_info  # imports jax; only for a scoring run
 

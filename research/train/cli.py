@@ -8,7 +8,8 @@ A user mistake stops with one line, `FATAL <what and what would be valid>`, and 
 the nearest key names), a value of the wrong type, a bad value that `check_config` or the common
 checks below reject, a --workdir that is a file or is in use by another run
 (research.train.workdir), data that no source has, a resumed workdir whose config changed what
-its checkpoints mean. --debug shows the traceback instead. A run's own workdir files
+its checkpoints mean. --debug shows the traceback instead. Compiled programs are cached on disk
+(research.train.compile_cache, $DEEPGEN_CACHE_DIR). A run's own workdir files
 (config.json, ...) are research.train.outputs'.
 """
 import difflib
@@ -21,7 +22,7 @@ from absl import logging
 
 from research import data, errors
 from research.errors import ConfigError, UserError
-from research.train import distributed, workdir as workdir_lib
+from research.train import compile_cache, distributed, tracking, workdir as workdir_lib
 
 
 def check_preset(experiment: str, preset: str, presets) -> None:
@@ -86,10 +87,25 @@ def check_argv(argv: list[str], config_file: str) -> None:
                         + f'the keys are those get_config() in {path} defines')
 
 
+def run_options(c):
+    """The options every experiment's config has, beside its own (get_config calls this last):
+
+    profile       'START:STOP': a jax.profiler trace of those steps (research.train.loop)
+    log.wandb     a Weights & Biases project to log to, beside TensorBoard (research.train.tracking)
+    train.precision  'f32', or 'bf16': matmul and convolution inputs in bfloat16, for GPUs and
+                  TPUs (research.train.precision)
+    """
+    c.profile = ''
+    c.log = dict(wandb='')
+    c.train.precision = 'f32'
+    return c
+
+
 def check_common(config) -> None:
-    """Checks every experiment shares: the data source and dataset, the train schedule, and
-    that every *.batch_size divides over the devices (call after distributed.initialize)."""
-    from research.train import loop, mesh
+    """Checks every experiment shares: the data source and dataset, the train schedule, the
+    run options, and that every *.batch_size divides over the devices (call after
+    distributed.initialize)."""
+    from research.train import loop, mesh, precision
     if 'data' in config:
         if 'source' in config.data:
             data.check_source(config.data.source)
@@ -98,6 +114,13 @@ def check_common(config) -> None:
                               f'{", ".join(data.DATASETS)}')
     if 'train' in config and 'steps' in config.train:
         loop.Schedule.of(config.train)
+    if 'train' in config and 'precision' in config.train:
+        try:
+            precision.check(config.train.precision)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    loop.parse_profile(config.get('profile', ''))
+    tracking.check(config)
     for key in _flat_keys(config):
         if key.endswith('batch_size'):
             value = config[key]
@@ -144,7 +167,8 @@ def experiment_main(name: str, run, check_config=None):
             with workdir_lib.hold(workdir):
                 workdir_lib.check_started_config(config, workdir)
                 try:
-                    run(config, workdir)
+                    with tracking.session(config, workdir):
+                        run(config, workdir)
                 except jax.errors.JaxRuntimeError as e:
                     if jax.process_count() == 1:
                         raise
@@ -159,6 +183,7 @@ def _flags_parser(config_file: str):
 
     def parse(argv):
         with errors.reported():
+            compile_cache.configure()  # before anything is computed
             check_argv(argv, config_file)
             try:
                 return flags.FLAGS(argv)

@@ -6,8 +6,10 @@
 The experiment gives `init(key) -> state` and a pure `step(state, batch) -> (state, metrics)`.
 The loop
   * reads its schedule from config.train: `steps`, `log_every`, `checkpoint_every`, and
-    optionally `steps_per_dispatch` (K > 1: K steps per call, research.train.fused) and
-    `max_to_keep` (checkpoints kept, default 3); other keys (batch_size...) are the experiment's;
+    optionally `steps_per_dispatch` (K > 1: K steps per call, research.train.fused),
+    `max_to_keep` (checkpoints kept, default 3) and `precision` ('f32', or 'bf16': matmul and
+    convolution inputs in bfloat16, research.train.precision); other keys (batch_size...) are
+    the experiment's;
   * compiles init, called as init(PRNGKey(seed), *init_args), and the step, once each, for a
     one-axis `data` mesh over every device (state replicated, batch split); arrays that init
     needs (data statistics, an earlier phase's parameters) come as `init_args`, so they are
@@ -19,7 +21,12 @@ The loop
     next batch;
   * keeps per-step metrics on the device and fetches them at logging steps only, where it logs
     their mean over the window (progress line, metrics.jsonl, TensorBoard) and checks every
-    step's values for NaN/inf;
+    step's values for NaN/inf; with them the throughput: examples/s, the step's FLOP rate
+    (matmul and convolution FLOPs counted from its jaxpr, research.train.flops) and, on a
+    device whose peak the flops table knows (GPUs, TPUs), model FLOP utilisation (`mfu`);
+  * with `profile=(START, STOP)` (--config.profile=START:STOP) writes a jax.profiler trace of
+    the steps after step START up to step STOP into workdir/profile (process 0), for
+    TensorBoard's profile plugin or Perfetto;
   * saves a checkpoint every `checkpoint_every` steps and after the last, never of a non-finite
     state;
   * on SIGTERM (a preempted Cloud TPU VM, a `kill`) or Ctrl-C finishes the step in flight, saves
@@ -46,7 +53,7 @@ import numpy as np
 
 from research.data import Pipeline
 from research.errors import ConfigError, Fatal
-from research.train import fused, mesh as mesh_lib, run_info
+from research.train import flops as flops_lib, fused, mesh as mesh_lib, precision, run_info
 from research.train.checkpoint import Checkpointer
 from research.train.metrics import MetricWriter, Progress
 from research.train.outputs import Outputs
@@ -98,6 +105,47 @@ class Schedule:
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f'train.{name} must be an integer >= 1, got {value!r}')
         return schedule
+
+
+def parse_profile(text: str) -> tuple[int, int] | None:
+    """--config.profile: '' (no profile) or 'START:STOP', 0 <= START < STOP."""
+    if not text:
+        return None
+    try:
+        start, stop = (int(part) for part in text.split(':'))
+    except ValueError:
+        raise ConfigError(f'profile={text!r}: give START:STOP, two step numbers, e.g. 10:20 '
+                          'for the ten steps after step 10') from None
+    if not 0 <= start < stop:
+        raise ConfigError(f'profile={text!r}: need 0 <= START < STOP')
+    return start, stop
+
+
+class _Profile:
+    """A jax.profiler trace of the steps START+1..STOP, on process 0."""
+
+    def __init__(self, span, directory: str, progress: Progress):
+        self.span, self.directory, self.progress = span, directory, progress
+        self.tracing = False
+
+    def before(self, at: int) -> None:
+        if self.span and not self.tracing and self.span[0] <= at < self.span[1] \
+                and jax.process_index() == 0:
+            jax.profiler.start_trace(self.directory)
+            self.tracing, self.first = True, at + 1
+
+    def after(self, done: int, state) -> None:
+        if self.tracing and done >= self.span[1]:
+            self.stop(state, done)
+
+    def stop(self, state, done: int) -> None:
+        if self.tracing:
+            jax.block_until_ready(state)
+            jax.profiler.stop_trace()
+            self.tracing = False
+            self.progress.message(f'profiled steps {self.first}-{done} into {self.directory}: '
+                                  f'tensorboard --logdir {self.directory}, or open the '
+                                  '.xplane.pb/.trace.json.gz in ui.perfetto.dev')
 
 
 class _Preemption:
@@ -175,6 +223,18 @@ def _window_mean(window: list[tuple[int, dict]]) -> dict:
             for k in fetched[0]}
 
 
+def _rates(steps_per_s: float, global_batch: int, step_flops: int, mesh) -> dict:
+    """examples_per_s, flops_per_s (the whole mesh's) and, where the peak is known, mfu."""
+    rates = {'examples_per_s': steps_per_s * global_batch}
+    if step_flops:
+        rates['flops_per_s'] = steps_per_s * step_flops
+        mfu = flops_lib.utilisation(rates['flops_per_s'], mesh.devices.flat[0].device_kind,
+                                    mesh.size)
+        if mfu is not None:
+            rates['mfu'] = mfu
+    return rates
+
+
 def _check(schedule: Schedule, hooks, pipeline) -> None:
     k = schedule.steps_per_dispatch
     for i, hook in enumerate(hooks):
@@ -207,17 +267,23 @@ def _run_hook(fn, step: int, state, out, writer, progress, replace: bool = False
 
 
 def train(config, *, workdir: str, init: Callable, step: Callable, pipeline, seed: int = 0,
-          init_args=(), hooks=(), final=(), mesh=None, outputs: Outputs | None = None):
+          init_args=(), hooks=(), final=(), mesh=None, outputs: Outputs | None = None,
+          profile: str = ''):
     """Runs (or resumes) training to config.steps, then the final hooks; returns the state.
 
     `outputs` is what the hooks write through (default: Outputs(workdir)); a run made of several
-    loops, each in a subdirectory, passes its top-level one.
+    loops, each in a subdirectory, passes its top-level one. `profile` is 'START:STOP' or ''.
     """
     # ---- Schedule, mesh and input ------------------------------------------------------------
     schedule = Schedule.of(config)
     num_steps, k = schedule.steps, schedule.steps_per_dispatch
     hooks, final = tuple(hooks), tuple(final)
     _check(schedule, hooks, pipeline)
+    try:
+        step = precision.apply(step, config.get('precision', 'f32'))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    span = parse_profile(profile)
     mesh = mesh_lib.data_mesh() if mesh is None else mesh
     mesh_lib.check_batch_size(pipeline.global_batch, mesh)
     batch_at = lambda at: mesh_lib.to_global_batch(pipeline.batch(at), mesh)  # global batch `at`
@@ -244,6 +310,7 @@ def train(config, *, workdir: str, init: Callable, step: Callable, pipeline, see
     preemption = _Preemption()
     try:
         # ---- The compiled step ---------------------------------------------------------------
+        step_flops = 0  # of one step, all devices together
         if start >= num_steps:
             progress.message(f'already trained {start} >= {num_steps} steps; running the final '
                              'hooks')
@@ -254,19 +321,24 @@ def train(config, *, workdir: str, init: Callable, step: Callable, pipeline, see
             progress.message('jit is disabled: running the train step op by op')
         else:
             t0 = time.perf_counter()
+            traced = mesh_lib.jit_step(step, mesh).trace(state, batch_at(start))
+            step_flops = flops_lib.jaxpr_flops(traced.jaxpr).flops
             if k > 1:
                 run_steps = fused.FusedSteps(step, pipeline, mesh, k).compile(state, start)
             else:
-                compiled = mesh_lib.jit_step(step, mesh).lower(state, batch_at(start)).compile()
+                compiled = traced.lower().compile()
                 run_steps = lambda state, at: compiled(state, batch_at(at))
             progress.message(f'compiled the train step in {time.perf_counter() - t0:.1f} s '
                              f'({mesh.size} device(s), global batch {pipeline.global_batch}'
-                             + (f', {k} steps per dispatch' if k > 1 else '') + ')')
+                             + (f', {k} steps per dispatch' if k > 1 else '')
+                             + f', {step_flops / 1e9:.3g} GFLOP per step)')
 
         # ---- Train: log, check, checkpoint, periodic hooks ------------------------------------
         window, window_start, t_window, hook_s = [], start, time.perf_counter(), 0.0
         previous = None
+        profiler = _Profile(span, os.path.join(workdir, 'profile'), progress)
         for at in range(start, num_steps, k):
+            profiler.before(at)
             state, metrics = run_steps(state, at)
             # At most two dispatches in flight: with more, XLA:CPU's threads on several
             # (virtual) devices can all wait in one step's collective for a device whose
@@ -276,6 +348,7 @@ def train(config, *, workdir: str, init: Callable, step: Callable, pipeline, see
             previous = metrics
             done = at + k  # steps are counted from 1: step n leaves state.step == n
             window.append((done, metrics))
+            profiler.after(done, state)
             last = done == num_steps
             preempted = not last and preemption.reached(done)
             if done % schedule.log_every == 0 or done % schedule.checkpoint_every == 0 or last \
@@ -283,9 +356,9 @@ def train(config, *, workdir: str, init: Callable, step: Callable, pipeline, see
                 means = _window_mean(window)
                 elapsed = time.perf_counter() - t_window - hook_s  # hooks are not training
                 steps_per_s = (done - window_start) / elapsed
-                examples_per_s = steps_per_s * pipeline.global_batch
-                progress.update(done, means, examples_per_s, (num_steps - done) / steps_per_s)
-                writer.scalars(done, {**means, 'examples_per_s': examples_per_s})
+                rates = _rates(steps_per_s, pipeline.global_batch, step_flops, mesh)
+                progress.update(done, means, rates, (num_steps - done) / steps_per_s)
+                writer.scalars(done, {**means, **rates})
                 window, window_start, t_window, hook_s = [], done, time.perf_counter(), 0.0
             if done % schedule.checkpoint_every == 0 or last or preempted:
                 if not bool(_all_finite(state)):
@@ -304,6 +377,7 @@ def train(config, *, workdir: str, init: Callable, step: Callable, pipeline, see
                     hook_s += _run_hook(hook.fn, done, state, out, writer, progress)
 
         # ---- Final hooks: the last step is saved, so a Ctrl-C stops them at once ---------------
+        profiler.stop(state, num_steps)  # a STOP beyond the last step
         preemption.close([signal.SIGINT])
         for fn in final:
             _run_hook(fn, max(start, num_steps), state, out, writer, progress, replace=True)

@@ -1,4 +1,5 @@
-"""Where numbers go: a progress line, `metrics.jsonl` and TensorBoard events (process 0 only).
+"""Where numbers go: a progress line, `metrics.jsonl`, TensorBoard events and, with
+--config.log.wandb, Weights & Biases (research.train.tracking); process 0 only.
 
 On resume the writer drops JSONL records and TensorBoard events after the restored step, so both
 describe the run that actually produced the final parameters, not a branch that was lost; and a
@@ -15,6 +16,7 @@ import numpy as np
 from tensorboardX import SummaryWriter
 
 from research import files
+from research.train import tracking
 from research.train.outputs import is_writer
 
 
@@ -22,6 +24,7 @@ class MetricWriter:
 
     def __init__(self, workdir: str, resume_step: int = 0, enabled: bool | None = None):
         self.enabled = is_writer() if enabled is None else enabled
+        self.workdir = workdir
         self.jsonl_path = os.path.join(workdir, 'metrics.jsonl')
         if not self.enabled:
             return
@@ -98,11 +101,13 @@ class MetricWriter:
             self._jsonl.flush()
         for key, value in values.items():
             self._tb.add_scalar(key, value, step)
+        tracking.scalars(self.workdir, step, values)
 
     def image(self, step: int, name: str, image: np.ndarray) -> None:
         """An (H, W, C) uint8 image into TensorBoard."""
         if self.enabled:
             self._tb.add_image(name, image, step, dataformats='HWC')
+            tracking.image(self.workdir, step, name, image)
 
     def close(self) -> None:
         if self.enabled:
@@ -122,11 +127,21 @@ def format_duration(seconds: float) -> str:
     return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m'
 
 
-def progress_line(step: int, total: int, values: dict, examples_per_s: float,
-                  eta_s: float) -> str:
+def flop_rate(flops_per_s: float) -> str:
+    for unit, scale in (('PFLOP/s', 1e15), ('TFLOP/s', 1e12), ('GFLOP/s', 1e9)):
+        if flops_per_s >= scale or unit == 'GFLOP/s':
+            return f'{flops_per_s / scale:.3g} {unit}'
+
+
+def progress_line(step: int, total: int, values: dict, rates: dict, eta_s: float) -> str:
+    """`rates`: examples_per_s, and optionally flops_per_s and mfu (a fraction)."""
     parts = [f'step {step}/{total}']  # per-member values (member_i/...) are for the files only
     parts += [f'{k} {v:.4g}' for k, v in values.items() if not k.startswith('member_')]
-    parts += [f'{examples_per_s:,.0f} ex/s', f'eta {format_duration(eta_s)}']
+    parts.append(f'{rates["examples_per_s"]:,.0f} ex/s')
+    if 'flops_per_s' in rates:
+        parts.append(flop_rate(rates['flops_per_s'])
+                     + (f' ({100 * rates["mfu"]:.1f}% MFU)' if 'mfu' in rates else ''))
+    parts.append(f'eta {format_duration(eta_s)}')
     return ' | '.join(parts)
 
 
@@ -139,10 +154,10 @@ class Progress:
         self.enabled = is_writer() if enabled is None else enabled
         self.tty = self.stream.isatty()
 
-    def update(self, step: int, values: dict, examples_per_s: float, eta_s: float) -> None:
+    def update(self, step: int, values: dict, rates: dict, eta_s: float) -> None:
         if not self.enabled:
             return
-        line = progress_line(step, self.total, values, examples_per_s, eta_s)
+        line = progress_line(step, self.total, values, rates, eta_s)
         if self.tty:
             filled = int(20 * step / max(self.total, 1))
             self.stream.write(f'\r[{"#" * filled}{"." * (20 - filled)}] {line}\x1b[K')

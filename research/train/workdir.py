@@ -45,6 +45,8 @@ ON_RESUME = (
     ('train.max_to_keep', SAFE), ('finetune.steps', SAFE),  # the DBN's last phase: how long
     ('eval.*', SAFE), ('scores.*', SAFE), ('export.*', SAFE), ('export_judge', SAFE),
     ('sample.*', SAFE), ('ais.*', SAFE),
+    ('profile', SAFE), ('log.*', SAFE),  # what is recorded about the run, and where
+    ('train.precision', SAFE),  # the state stays float32: a resume may switch (with a warning)
     ('data.data_dir', SAFE), ('data.train_dir', SAFE), ('data.test_dir', SAFE),
     ('data.path', SAFE), ('data.source', SAFE), ('data.test_split', SAFE),
     ('data_used.*.source', SAFE), ('data_used.*.where', SAFE),  # the same data from elsewhere
