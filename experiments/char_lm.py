@@ -43,9 +43,9 @@ def get_config(preset: str = 'default') -> ml_collections.ConfigDict:
                    positions='learned', tie_weights=True, embed=64, hidden=256, unroll=1,
                    kernels='auto')  # kernels: the LSTM/GRU's (research/models/fast)
     c.optim = dict(lr=2e-3, weight_decay=0.1, warmup_steps=100, b2=0.99, clip=1.0)
-    c.train = dict(batch_size=16, steps=1200, log_every=100, checkpoint_every=400,
-                   eval_every=400, steps_per_dispatch=1)
-    c.sample = dict(every=600, length=400, temperature=0.8, top_k=0, prompt='\n', seed=0)
+    c.train = dict(batch_size=16, steps=1800, log_every=100, checkpoint_every=600,
+                   eval_every=600, steps_per_dispatch=1)
+    c.sample = dict(every=900, length=400, temperature=0.8, top_k=0, prompt='\n', seed=0)
     c.eval = dict(batch_size=64)
     if preset == 'lstm':
         c.data.seq_len = 128
