@@ -61,7 +61,10 @@ def test_a_row_is_stale_once_code_it_imports_changes(tmp_path):
                              ) == f'measured with uncommitted changes to {measured[:10]}'
     commit(repo, {'lib/other.py': 'Y = 2\n', 'README.md': 'words'})  # code the row never runs
     assert results.staleness(entry, str(repo)) is None
-    commit(repo, {'lib/b.py': 'X = 2\n'})  # imported through lib.a
+    commit(repo, {'lib/b.py': '"""What b is."""\nX = 1  # one\n',  # words, not code
+                  'exp/run.py': '"""Runs."""\nfrom lib import a\n'})
+    assert results.staleness(entry, str(repo)) is None
+    commit(repo, {'lib/b.py': '"""What b is."""\nX = 2  # one\n'})  # imported through lib.a
     why = results.staleness(entry, str(repo))
     assert why.startswith(f'measured at {measured[:10]}') and why.endswith('lib/b.py')
     assert results.staleness({'module': 'exp.run', 'run': {'source': 'typed in'}},

@@ -217,11 +217,32 @@ def staleness(record: dict, repo: str = REPO) -> str | None:
     if _git('cat-file', '-e', run['commit'] + '^{commit}', repo=repo).returncode:
         return f'its commit {run["commit"][:10]} is not in this repository'
     if _git('merge-base', '--is-ancestor', last, run['commit'], repo=repo).returncode:
-        changed = _git('diff', '--name-only', run['commit'], last, '--', *files,
-                       repo=repo).stdout.split()
-        return (f'measured at {run["commit"][:10]}; {last[:10]} changed code it runs: '
-                + ', '.join(changed[:4]) + (' ...' if len(changed) > 4 else ''))
+        changed = [path for path in _git('diff', '--name-only', run['commit'], last, '--',
+                                         *files, repo=repo).stdout.split()
+                   if _code(run['commit'], path, repo) != _code(last, path, repo)]
+        if changed:
+            return (f'measured at {run["commit"][:10]}; {last[:10]} changed code it runs: '
+                    + ', '.join(changed[:4]) + (' ...' if len(changed) > 4 else ''))
     return None
+
+
+def _code(commit: str, path: str, repo: str) -> str | None:
+    """The Python file at `commit` as its syntax tree without docstrings or comments (so an
+    edit to those alone leaves a row fresh), or None if it is absent there."""
+    shown = _git('show', f'{commit}:{path}', repo=repo)
+    if shown.returncode:
+        return None
+    try:
+        tree = ast.parse(shown.stdout, path)
+    except SyntaxError:
+        return shown.stdout
+    for node in ast.walk(tree):
+        body = getattr(node, 'body', None)
+        if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
 
 
 # A record's run, from the run's own files.
