@@ -200,6 +200,32 @@ def test_smoke_run_leaves_its_outputs(smoke):
     base_rate = np.mean(test_bin @ np.log(p) + (1 - test_bin) @ np.log1p(-p))
     assert abs(first['heldout/log_likelihood'] - base_rate) < 1.0
     assert 'ais/log_z' not in second
+    # The DBN's bound at every depth (research/evals/dbn_bound.py, checked exactly in
+    # test_dbn_bound.py): of one layer it is the RBM's own log-likelihood, from the same log Z;
+    # the second layer's has its own top RBM's log Z.
+    assert first['heldout/dbn_bound'] == pytest.approx(first['heldout/log_likelihood'], abs=1e-3)
+    assert first['heldout/dbn_is_log_likelihood'] == pytest.approx(first['heldout/dbn_bound'])
+    assert first['dbn/log_z'] == first['ais/log_z'] and second['dbn/log_z'] != first['dbn/log_z']
+    for key in ('dbn/log_z_spread', 'heldout/dbn_bound', 'heldout/dbn_bound_sem',
+                'heldout/dbn_is_log_likelihood', 'heldout/dbn_is_log_likelihood_sem'):
+        assert np.isfinite(second[key]), key
+    # Up-down (smoke: 4 steps at a small rate) reports the whole DBN before and after, with
+    # its own top RBM's log Z and the untied recognition weights; 4 steps barely move it
+    # (measured: 0.01 nats), while a swapped or tied q, or a log Z of the wrong top RBM, would
+    # be nats away. The pinned judge scored 40 samples of each model.
+    updown = results['updown']
+    assert updown['step'] == 4
+    before, after = updown['before'], updown['after']
+    assert before['heldout/dbn_bound'] == second['heldout/dbn_bound']
+    assert after['dbn/log_z'] != before['dbn/log_z']
+    assert abs(after['heldout/dbn_bound'] - before['heldout/dbn_bound']) < 0.5
+    for values in (before, after):
+        for key in ('scores/fid', 'scores/kid', 'scores/classifier_score'):
+            assert np.isfinite(values[key]), key
+    for file in ('samples.npz', 'samples_greedy.npz'):
+        with np.load(workdir / file) as saved:
+            assert saved['images'].shape == (40, 28, 28, 1) and saved['images'].dtype == np.uint8
+    assert (workdir / 'updown' / 'metrics.jsonl').exists()
     # The accuracy is of the 200 heldout digits (a count / 200) and is the one the fine-tuning
     # logged; after 4 steps it is near chance (0.125 measured): the quality checks set bars.
     finetune = results['finetune']
@@ -208,13 +234,20 @@ def test_smoke_run_leaves_its_outputs(smoke):
     assert (200 * finetune['accuracy']) == pytest.approx(round(200 * finetune['accuracy']))
     logged = [json.loads(line) for line in (workdir / 'finetune' / 'metrics.jsonl').open()]
     assert logged[-1]['heldout/accuracy'] == finetune['accuracy']
-    for path in ('filters.png', 'samples/layer_1_samples.png', 'samples/layer_2_chains.png'):
+    for path in ('filters.png', 'samples/layer_1_samples.png', 'samples/layer_2_chains.png',
+                 'samples/updown_samples.png'):
         with Image.open(workdir / path) as image:
             assert image.mode == 'L' and min(image.size) > 100, path
-    for phase in ('rbm_1', 'rbm_2', 'finetune'):
+    for phase in ('rbm_1', 'rbm_2', 'updown', 'finetune'):
         assert (workdir / phase / 'metrics.jsonl').exists(), phase
     assert re.search(r'RBM 1 \(784-32\): AIS log Z [\d.]+ \+- [\d.]+ \(3 std. errors, 8 runs, '
                      r'200 betas\); log-likelihood heldout -[\d.]+ nats', output)
+    assert re.search(r'DBN 784-32-16: top RBM AIS log Z [\d.]+ \+- [\d.]+ \(3 std. errors, '
+                     r'8 runs\); '
+                     r'heldout variational bound -[\d.]+ \+- [\d.]+ nats, importance-sampled '
+                     r'\(k=4\) -[\d.]+ \+- [\d.]+', output)
+    assert re.search(r'after up-down: DBN 784-32-16: top RBM AIS log Z', output)
+    assert re.search(r'before up-down, 40 samples \(10 sweeps\): FID [\d.]+, KID', output)
     assert re.search(r'final \(heldout, 200 examples\): fine-tuned accuracy [\d.]+', output)
 
 
@@ -224,7 +257,7 @@ def test_smoke_rerun_resumes_and_reproduces(smoke, capsys, monkeypatch):
     offline_mnist(monkeypatch)
     dbn_mnist.run(dbn_mnist.get_config('smoke'), str(workdir))
     output = capsys.readouterr().out
-    assert output.count('already trained 4 >= 4 steps') == 3  # two layers and the fine-tuning
+    assert output.count('already trained 4 >= 4 steps') == 4  # 2 layers, up-down, fine-tuning
     assert 'compiled the train step' not in output
     assert json.loads((workdir / 'results.json').read_text()) == before
 
@@ -234,6 +267,11 @@ def test_smoke_rerun_resumes_and_reproduces(smoke, capsys, monkeypatch):
     ({'finetune.init': 'none'}, "finetune.init must be 'dbn' or 'random', got 'none'"),
     ({'rbm.gibbs': 25}, 'rbm.gibbs must be a multiple of 10'),
     ({'dbn.hidden': (10, 0)}, 'dbn.hidden must list >= 1 positive layer sizes'),
+    ({'finetune.generative': 'wake-sleep'},
+     "finetune.generative must be 'none' or 'updown', got 'wake-sleep'"),
+    ({'dbn.hidden': (10,)}, 'finetune.generative=updown fine-tunes a DBN of >= 2 layers'),
+    ({'updown.k': 0}, 'up-down needs k >= 1 Gibbs sweeps in the top RBM, got k=0'),
+    ({'updown.lr_decay': 'cosine'}, "rbm.lr_decay must be 'none' or 'linear', got 'cosine'"),
 ])
 def test_bad_config_is_refused_before_the_workdir_is_written(overrides, message, tmp_path):
     config = dbn_mnist.get_config('smoke')
@@ -248,7 +286,7 @@ def test_bad_config_is_refused_before_the_workdir_is_written(overrides, message,
 def test_random_init_baseline_skips_pretraining(tmp_path, monkeypatch, capsys):
     offline_mnist(monkeypatch)
     config = dbn_mnist.get_config('smoke')
-    config.finetune.init = 'random'
+    config.finetune.init, config.finetune.generative = 'random', 'none'
     dbn_mnist.run(config, str(tmp_path))
     results = json.loads((tmp_path / 'results.json').read_text())
     assert results['layers'] == [] and results['finetune']['init'] == 'random'

@@ -6,6 +6,9 @@
                    one as the sign of overfitting
   log_likelihoods  log Z by annealed importance sampling (research/evals/ais.py) from the base
                    rate of the training pixels, and the mean log p(v) it gives on each split
+  dbn_bounds       the whole DBN's variational lower bound on log p(v) and its importance-
+                   sampled estimate (research/evals/dbn_bound.py) over a split, with the top
+                   RBM's AIS log Z
   dbn_pictures     samples of a DBN and snapshots of its chains (chains_grid: a row each)
   filter_grid      the weights of hidden units into the pixels, one image-shaped tile per unit:
                    mid grey is 0, white positive, black negative, each tile scaled to its own
@@ -16,8 +19,8 @@
 import jax
 import numpy as np
 
-from research.evals import ais
-from research.evals.evaluator import in_chunks
+from research.evals import ais, dbn_bound
+from research.evals.evaluator import DatasetEvaluator, in_chunks
 from research.models import dbn as dbn_lib, rbm as rbm_lib
 from research.objectives import rbm as rbm_objectives
 from research.train.images import image_grid
@@ -37,22 +40,65 @@ def monitors(params, train, evaluation, name: str, key) -> dict:
             f'monitor/{name}_pseudo_likelihood': float(te['pseudo_likelihood'])}
 
 
+def log_partition(params, key, *, betas: int, runs: int, marginals) -> dict:
+    """{'log_z', 'log_z_spread'} of an RBM by AIS: `runs` runs over `betas` inverse temperatures
+    in Salakhutdinov & Murray's schedule, from the base-rate model of the data marginals (V,)
+    that the RBM was trained on."""
+    log_z, spread = jax.jit(lambda params, key, base: ais.ais_log_partition(
+        params, key, betas=ais.default_betas(betas), n_runs=runs, base_visible_bias=base))(
+            params, key, rbm_lib.marginal_bias(marginals))
+    return {'log_z': float(log_z), 'log_z_spread': float(spread)}
+
+
+def _mean_sem(values, prefix: str) -> dict:
+    """{prefix: mean, prefix_sem: its standard error} of per-example values."""
+    return {prefix: float(values.mean()),
+            f'{prefix}_sem': float(values.std() / np.sqrt(len(values)))}
+
+
 def log_likelihoods(params, key, *, betas: int, runs: int, train, evaluation,
                     name: str) -> dict:
-    """AIS log Z (`runs` runs over `betas` inverse temperatures in Salakhutdinov & Murray's
-    schedule, from the base-rate model of `train`'s pixel marginals), its spread, and the mean
+    """AIS log Z (`log_partition`, from `train`'s pixel marginals), its spread, and the mean
     log-likelihood in nats with its standard error on `train` and on the `name` split (binary
     (N, V) arrays, in slices of 5,000 rows)."""
-    schedule = ais.default_betas(betas)
-    log_z, spread = jax.jit(lambda params, key, base: ais.ais_log_partition(
-        params, key, betas=schedule, n_runs=runs, base_visible_bias=base))(
-            params, key, rbm_lib.marginal_bias(train.mean(0)))
-    values = {'ais/log_z': float(log_z), 'ais/log_z_spread': float(spread)}
+    z = log_partition(params, key, betas=betas, runs=runs, marginals=train.mean(0))
+    values = {'ais/log_z': z['log_z'], 'ais/log_z_spread': z['log_z_spread']}
     for split, v in (('train', train), (name, evaluation)):
-        ll = in_chunks(lambda x: _log_likelihood(params, x, log_z), v, 5000)
-        values[f'{split}/log_likelihood'] = float(ll.mean())
-        values[f'{split}/log_likelihood_sem'] = float(ll.std() / np.sqrt(len(ll)))
+        ll = in_chunks(lambda x: _log_likelihood(params, x, z['log_z']), v, 5000)
+        values.update(_mean_sem(ll, f'{split}/log_likelihood'))
     return values
+
+
+def dbn_bounds(layers, key, log_z: dict, *, evaluation, name: str, samples: int, k: int,
+               batch_size: int, recognition=None) -> dict:
+    """The DBN `layers`' variational bound on log p(v), each example's from `samples` draws of
+    q(h | v) (the tied weights, or `recognition`), and with k > 0 its importance-sampled
+    estimate from k draws, both as the mean over the binary (N, V) `evaluation` split with its
+    standard error, in nats; `log_z` is `log_partition`'s for the top RBM."""
+    values = {'dbn/log_z': log_z['log_z'], 'dbn/log_z_spread': log_z['log_z_spread']}
+    estimates = {'dbn_bound': lambda p, v, key: dbn_bound.variational_bound(
+        p[0], v, key, p[1], samples=samples, recognition=p[2])}
+    if k:
+        estimates['dbn_is_log_likelihood'] = lambda p, v, key: (
+            dbn_bound.importance_log_likelihood(p[0], v, key, p[1], k=k, recognition=p[2]))
+    for i, (metric, fn) in enumerate(estimates.items()):
+        per_example = DatasetEvaluator(fn, batch_size)(
+            (layers, log_z['log_z'], recognition), np.asarray(evaluation),
+            jax.random.fold_in(key, i))
+        values.update(_mean_sem(per_example, f'{name}/{metric}'))
+    return values
+
+
+def bound_line(values: dict, name: str, sizes, runs: int, k: int) -> str:
+    """How `dbn_bounds`' values for the DBN of `sizes` are reported in the log."""
+    line = (f'DBN {"-".join(map(str, sizes))}: top RBM AIS log Z {values["dbn/log_z"]:.2f} +- '
+            f'{3 * values["dbn/log_z_spread"]:.2f} (3 std. errors, {runs} runs); {name} '
+            f'variational bound {values[f"{name}/dbn_bound"]:.2f} +- '
+            f'{values[f"{name}/dbn_bound_sem"]:.2f} nats')
+    if k:
+        line += (f', importance-sampled (k={k}) {values[f"{name}/dbn_is_log_likelihood"]:.2f} +- '
+                 f'{values[f"{name}/dbn_is_log_likelihood_sem"]:.2f}')
+    return line + ' (+- 1 std. error over examples)'
 
 
 def filter_grid(w, image_shape, count: int = 100, columns: int = 10) -> np.ndarray:
@@ -94,13 +140,14 @@ def dbn_pictures(layers, key, *, gibbs: int, image_shape, n: int = 100) -> dict:
     return grids
 
 
-def write_pictures(out, layers, key, *, gibbs: int, image_shape) -> dict:
+def write_pictures(out, layers, key, *, gibbs: int, image_shape, name: str = '') -> dict:
     """`dbn_pictures` of the DBN `layers` written through `out` (research.train.outputs):
-    samples/layer_L_{samples,chains}.png for L = len(layers), and filters.png for layer 1;
-    returns the grids, for TensorBoard."""
+    samples/NAME_{samples,chains}.png, NAME layer_L for L = len(layers) unless given, and
+    filters.png for layer 1; returns the grids, for TensorBoard."""
     grids = dbn_pictures(layers, key, gibbs=gibbs, image_shape=image_shape)
-    return {k: out.png('filters.png' if k == 'filters' else
-                       f'samples/layer_{len(layers)}_{k}.png', grid) for k, grid in grids.items()}
+    name = name or f'layer_{len(layers)}'
+    return {k: out.png('filters.png' if k == 'filters' else f'samples/{name}_{k}.png', grid)
+            for k, grid in grids.items()}
 
 
 def likelihood_line(values: dict, name: str, sizes, runs: int, betas: int) -> str:

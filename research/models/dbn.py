@@ -7,11 +7,18 @@ stack then defines is an RBM on top (an undirected associative memory) with dire
 belief-net connections down to the pixels, so a sample is a long Gibbs chain in the top RBM
 followed by one pass down through the generative weights (`generate`). The same weights read
 upwards are a sigmoid MLP (`classifier_params`), the usual start for supervised fine-tuning.
+
+As a directed model below its top RBM, layer l's (W, b_v) give p(h_l | h_{l+1}) =
+Bernoulli(sigmoid(b_v + W h_{l+1})) (h_0 = v) and its (W, b_h) the recognition model
+q(h_{l+1} | h_l) = Bernoulli(sigmoid(b_h + h_l W)); after up-down fine-tuning
+(research/objectives/updown.py) the two are untied. `sample_up`, `sample_down`, `log_directed`
+and `log_recognition` are these distributions over chains of states [v, h_1, ..., h_{L-1}].
 """
 import jax
 import jax.numpy as jnp
 
 from research.models import rbm as rbm_lib
+from research.numerics import bernoulli_entropy, bernoulli_log_prob
 
 
 def check_layers(layers) -> None:
@@ -100,3 +107,46 @@ def classifier_params(layers, head) -> dict:
         params[f'layers_{l}'] = {'kernel': kernel, 'bias': bias}
     params['head'] = head
     return params
+
+
+def tied_recognition(layers) -> list:
+    """The recognition model of a greedily trained stack: each layer below the top read up,
+    [{'w', 'b_h'}] (L - 1 of them)."""
+    return [{'w': p['w'], 'b_h': p['b_h']} for p in layers[:-1]]
+
+
+def sample_up(recognition, v, key):
+    """([v, h_1, ..., h_{L-1}] with each h_{l+1} ~ q(h_{l+1} | h_l) drawn from fold_in(key, l),
+    and the sum of those conditionals' entropies (B,))."""
+    chain, entropy = [v], jnp.zeros(v.shape[:-1], jnp.float32)
+    for l, r in enumerate(recognition):
+        logits = r['b_h'] + chain[-1] @ r['w']
+        entropy = entropy + bernoulli_entropy(logits)
+        chain.append(rbm_lib.draw_visible(jax.nn.sigmoid(logits), jax.random.fold_in(key, l)))
+    return chain, entropy
+
+
+def sample_down(generative, top_visible, key):
+    """[v, h_1, ..., h_{L-1} = top_visible] with each h_l ~ p(h_l | h_{l+1}) drawn from
+    fold_in(key, l); `generative` is the directed layers' [{'w', 'b_v'}]."""
+    chain = [top_visible]
+    for l in reversed(range(len(generative))):
+        mean = rbm_lib.visible_mean(generative[l], chain[0])
+        chain.insert(0, rbm_lib.draw_visible(mean, jax.random.fold_in(key, l)))
+    return chain
+
+
+def log_directed(generative, chain):
+    """sum_l log p(h_l | h_{l+1}) of the states chain = [v, h_1, ..., h_{L-1}]: (B,)."""
+    total = jnp.zeros(chain[0].shape[:-1], jnp.float32)
+    for l, g in enumerate(generative):
+        total = total + bernoulli_log_prob(chain[l], g['b_v'] + chain[l + 1] @ g['w'].T)
+    return total
+
+
+def log_recognition(recognition, chain):
+    """sum_l log q(h_{l+1} | h_l) of the states chain = [v, h_1, ..., h_{L-1}]: (B,)."""
+    total = jnp.zeros(chain[0].shape[:-1], jnp.float32)
+    for l, r in enumerate(recognition):
+        total = total + bernoulli_log_prob(chain[l + 1], r['b_h'] + chain[l] @ r['w'])
+    return total
