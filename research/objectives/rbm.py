@@ -132,6 +132,16 @@ def learning_rate(lr: float, decay: str, steps: int):
     return optax.linear_schedule(lr, 0.0, steps) if decay == 'linear' else lr
 
 
+def check_sgd(lr, momentum: float, weight_decay: float) -> None:
+    """Refuses a rate <= 0 (unless a schedule), momentum outside [0, 1) or a negative decay."""
+    if not callable(lr) and lr <= 0:
+        raise ValueError(f'lr must be > 0, got {lr}')
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f'momentum must be in [0, 1), got {momentum}')
+    if weight_decay < 0:
+        raise ValueError(f'weight_decay must be >= 0, got {weight_decay}')
+
+
 def make_cd_step(*, k: int = 1, persistent: bool = False, lr: float, momentum: float = 0.0,
                  weight_decay: float = 0.0, visible: str = 'bernoulli'):
     """Returns the pure step(state, batch) -> (state, metrics); batch['v'] is float32 (B, V).
@@ -149,12 +159,7 @@ def make_cd_step(*, k: int = 1, persistent: bool = False, lr: float, momentum: f
     rbm_lib.check_visible(visible)
     if k < 1:
         raise ValueError(f'CD needs k >= 1 Gibbs sweeps, got k={k}')
-    if not callable(lr) and lr <= 0:
-        raise ValueError(f'lr must be > 0, got {lr}')
-    if not 0.0 <= momentum < 1.0:
-        raise ValueError(f'momentum must be in [0, 1), got {momentum}')
-    if weight_decay < 0:
-        raise ValueError(f'weight_decay must be >= 0, got {weight_decay}')
+    check_sgd(lr, momentum, weight_decay)
 
     def step(state: RBMState, batch):
         v = batch['v']

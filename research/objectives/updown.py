@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from research.models import dbn as dbn_lib
 from research.models import rbm as rbm_lib
 from research.objectives.dbn import pixels
-from research.objectives.rbm import cd_gradient, run_chains
+from research.objectives.rbm import cd_gradient, check_sgd, run_chains
 
 
 @flax.struct.dataclass
@@ -79,12 +79,7 @@ def make_updown_step(*, k: int, lr, momentum: float = 0.0, weight_decay: float =
     """
     if k < 1:
         raise ValueError(f'up-down needs k >= 1 Gibbs sweeps in the top RBM, got k={k}')
-    if not callable(lr) and lr <= 0:
-        raise ValueError(f'lr must be > 0, got {lr}')
-    if not 0.0 <= momentum < 1.0:
-        raise ValueError(f'momentum must be in [0, 1), got {momentum}')
-    if weight_decay < 0:
-        raise ValueError(f'weight_decay must be >= 0, got {weight_decay}')
+    check_sgd(lr, momentum, weight_decay)
 
     def step(state: UpDownState, batch):
         params = state.params
