@@ -36,10 +36,11 @@ def test_every_key_of_every_preset_is_named_by_the_table():
 @pytest.mark.parametrize('key, kind', [
     ('train.steps', SAFE), ('train.sample_every', SAFE), ('train.checkpoint_every', SAFE),
     ('scores.at_end', SAFE), ('eval.k', SAFE), ('data.source', SAFE), ('data.data_dir', SAFE),
-    ('finetune.steps', SAFE), ('data_used.mnist/train.where', SAFE),
+    ('finetune.steps', SAFE), ('data_used.mnist/train.where', SAFE), ('bound.samples', SAFE),
     ('model.arch', STATE), ('loss.kind', STATE), ('optim.lr_g', STATE), ('seed', STATE),
     ('train.batch_size', STATE), ('population', STATE), ('data.name', STATE),
     ('data.heldout', STATE), ('rbm.steps', STATE), ('finetune.lr', STATE),
+    ('updown.steps', STATE), ('updown.lr', STATE),
     ('data_used.mnist/train.examples', STATE), ('a.key.nobody.has', STATE)])
 def test_what_a_resumed_run_may_change(key, kind):
     assert workdir.kind_of(key)[0] == kind

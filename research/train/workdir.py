@@ -44,7 +44,7 @@ ON_RESUME = (
     ('train.steps', SAFE), ('train.*_every', SAFE), ('train.steps_per_dispatch', SAFE),
     ('train.max_to_keep', SAFE), ('finetune.steps', SAFE),  # the DBN's last phase: how long
     ('eval.*', SAFE), ('scores.*', SAFE), ('export.*', SAFE), ('export_judge', SAFE),
-    ('sample.*', SAFE), ('ais.*', SAFE),
+    ('sample.*', SAFE), ('ais.*', SAFE), ('bound.*', SAFE),
     ('profile', SAFE), ('log.*', SAFE),  # what is recorded about the run, and where
     ('train.precision', SAFE),  # the state stays float32: a resume may switch (with a warning)
     ('data.data_dir', SAFE), ('data.train_dir', SAFE), ('data.test_dir', SAFE),
@@ -54,6 +54,7 @@ ON_RESUME = (
     ('loss.*', STATE), ('objective.*', STATE), ('optim.*', STATE), ('population', STATE),
     ('population_lr', STATE), ('ema_decay', STATE), ('train.batch_size', STATE),
     ('train.augment', STATE), ('dbn.*', STATE), ('rbm.*', STATE), ('finetune.*', STATE),
+    ('updown.*', STATE),  # its steps too: the learning rate decays linearly over them
 )
 
 
