@@ -156,7 +156,7 @@ def run(config: ml_collections.ConfigDict, workdir: str):
                   f'uniform guess: {math.log(len(vocab)):.3f} nats/char)')
         return r
 
-    loop.train(config.train, workdir=workdir, seed=config.seed, profile=config.profile,
+    loop.train(config.train, workdir=workdir, seed=config.seed, **loop.options(config),
                init=init, step=step,
                pipeline=data.WindowPipeline(train, config.data.seq_len,
                                             config.train.batch_size, config.seed),

@@ -45,8 +45,8 @@ def get_config(preset: str = 'default') -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.preset, c.seed = preset, 0
     c.data = dict(name='mnist', train_split='train', train_dir='', test_split='test',
-                  test_dir='', heldout=1000, validation=0, source='auto')
-    c.model = dict(arch='cnn', hidden=(256, 256), dropout=0.5)
+                  test_dir='', heldout=1000, validation=0, train_examples=0, source='auto')
+    c.model = dict(arch='cnn', hidden=(256, 256), dropout=0.5, activation='relu')  # MLP: or sigmoid
     c.optim = dict(lr=1e-3, weight_decay=1e-4, warmup_steps=100)
     c.train = dict(batch_size=128, steps=1500, augment='shift', log_every=100,
                    checkpoint_every=500, eval_every=500)
@@ -85,6 +85,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         if value not in known:
             raise ValueError(f'unknown {what} {value!r}; known: {", ".join(known)}')
     check_augment(config.train.augment)
+    if config.model.activation != 'relu' and config.model.arch != 'mlp':
+        raise ValueError(f'model.activation={config.model.activation!r} is the MLP\'s; '
+                         f'model.arch={config.model.arch!r} has none to set')
     if config.export_judge and config.model.arch != 'judge':
         raise ValueError(f'export_judge needs model.arch=judge (the judges are JudgeCNNs), got '
                          f'{config.model.arch!r}')
@@ -97,7 +100,8 @@ def run(config: ml_collections.ConfigDict, workdir: str):
     save_config(config, workdir)
     pipeline = data.BatchPipeline({'image': train.images, 'label': train.labels},
                                   config.train.batch_size, config.seed)
-    model = make_classifier(m.arch, hidden=m.hidden, dropout=m.dropout)
+    model = make_classifier(m.arch, hidden=m.hidden, dropout=m.dropout,
+                            activation=m.activation)
     tx = adamw(o.lr, config.train.steps, warmup_steps=o.warmup_steps,
                weight_decay=o.weight_decay)
     predict = classification.make_classifier_evaluator(model, config.eval.batch_size)
@@ -117,7 +121,7 @@ def run(config: ml_collections.ConfigDict, workdir: str):
         return {f'{name}/accuracy': scores['accuracy'], f'{name}/macro_f1': scores['macro_f1']}
 
     out = Outputs(workdir)
-    loop.train(config.train, workdir=workdir, seed=config.seed, profile=config.profile,
+    loop.train(config.train, workdir=workdir, seed=config.seed, **loop.options(config),
                init=lambda key: init_classifier_state(key, model, tx, train.images.shape[1:]),
                step=make_classifier_step(model, tx, augment=config.train.augment),
                pipeline=pipeline, hooks=data.periodic(name, [loop.Every(

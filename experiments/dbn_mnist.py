@@ -32,7 +32,7 @@ from research.objectives.dbn import init_finetune_state, init_layer_state, make_
 from research.objectives.optim import adamw
 from research.objectives.rbm import learning_rate
 from research.objectives.updown import generative_layers, init_updown_state, make_updown_step
-from research.train import cli, loop
+from research.train import cli, loop, transfer
 from research.train.outputs import Outputs, save_config
 
 PRESETS = ('default', 'updown', 'smoke')
@@ -104,6 +104,10 @@ def check_config(c: ml_collections.ConfigDict) -> None:
     learning_rate(c.rbm.lr, c.rbm.lr_decay, c.rbm.steps)  # an unknown decay raises
     if c.ais.runs:
         ais.default_betas(c.ais.betas)  # fewer than 4 raises
+    phases = [f'rbm_{l + 1}' for l in range(len(c.dbn.hidden))] + ['updown', 'finetune']
+    if c.init_from and not any(transfer.phase(c.init_from, p) for p in phases):
+        raise ValueError(f'init_from={c.init_from!r} has none of this run\'s phases '
+                         f'({", ".join(phases)}) to start them from: is it a dbn_mnist run?')
 
 
 def run(config: ml_collections.ConfigDict, workdir: str):
@@ -159,7 +163,7 @@ def run(config: ml_collections.ConfigDict, workdir: str):
                                  momentum=r.momentum, weight_decay=r.weight_decay),
             pipeline=data.BatchPipeline({'image': train.images}, r.batch_size, config.seed + l),
             hooks=data.periodic(name, [loop.Every(config.train.eval_every, monitor)]),
-            final=[final], outputs=out, profile=config.profile)
+            final=[final], outputs=out, **loop.options(config, f'rbm_{l + 1}'))
         layers.append(jax.device_get(state.params))
         results['layers'].append(layer)
 
@@ -184,7 +188,7 @@ def run(config: ml_collections.ConfigDict, workdir: str):
               f'{"the DBN" if layers else "a random init"}, {f.steps} steps')
     loop.train({**config.train, 'steps': f.steps}, workdir=out.path('finetune'),
                seed=config.seed + 2, step=make_classifier_step(model, tx), init_args=(layers,),
-               profile=config.profile,
+               **loop.options(config, 'finetune'),
                init=lambda key, layers: init_finetune_state(key, model, tx, shape, layers),
                pipeline=data.BatchPipeline({'image': train.images, 'label': train.labels},
                                            f.batch_size, config.seed), final=[report], outputs=out,
@@ -254,7 +258,7 @@ def updown(config, layers, greedy, train, train_bin, test_bin, name, out) -> dic
                                      momentum=u.momentum, weight_decay=u.weight_decay),
                pipeline=data.BatchPipeline({'image': train.images}, u.batch_size,
                                            config.seed + 3),
-               final=[final], outputs=out, profile=config.profile)
+               final=[final], outputs=out, **loop.options(config, 'updown'))
     return report
 
 

@@ -143,7 +143,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, losses=LOSSES):
     out = Outputs(workdir)
     loop.train(config.train, workdir=workdir, seed=config.seed, init=init, step=step,
                pipeline=pipeline, hooks=hooks, final=[grid, export], outputs=out,
-               profile=config.profile)
+               **loop.options(config))
     out.print(f'done: samples, metrics and checkpoints in {out.path()}')
 
 

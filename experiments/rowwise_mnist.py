@@ -80,7 +80,7 @@ def run(config: ml_collections.ConfigDict, workdir: str):
         return {f'{name}/accuracy': scores['accuracy'], f'{name}/macro_f1': scores['macro_f1']}
 
     out = Outputs(workdir)
-    loop.train(config.train, workdir=workdir, seed=config.seed, profile=config.profile,
+    loop.train(config.train, workdir=workdir, seed=config.seed, **loop.options(config),
                init=lambda key: init_classifier_state(key, model, tx, train.images.shape[1:]),
                step=make_classifier_step(model, tx),
                pipeline=data.BatchPipeline({'image': train.images, 'label': train.labels},

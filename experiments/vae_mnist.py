@@ -139,7 +139,7 @@ def run(config: ml_collections.ConfigDict, workdir: str):
 
     out = Outputs(workdir)
     loop.train(config.train, workdir=workdir, seed=config.seed, init=init, step=step,
-               pipeline=pipeline, outputs=out, final=[grids, final], profile=config.profile,
+               pipeline=pipeline, outputs=out, final=[grids, final], **loop.options(config),
                hooks=[*data.periodic(name, [loop.Every(config.train.eval_every, evaluate)]),
                       loop.Every(config.train.sample_every, grids)])
     out.print(f'done: pictures, metrics and checkpoints in {out.path()}')

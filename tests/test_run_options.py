@@ -3,7 +3,8 @@ end to end: a GAN smoke run with --config.profile, --config.train.precision=bf16
 --config.log.wandb (offline) leaves a trace of its train step, FLOP rates in its log and
 metrics.jsonl, and a W&B run holding the same scalars as metrics.jsonl; a second run of the
 same command in another workdir compiles nothing new (every program from the cache), and a
-third in the first workdir resumes the first's W&B run."""
+third in the first workdir resumes the first's W&B run; a fourth, with --config.init_from the
+first, starts from its generator, its EMA and its discriminator."""
 import glob
 import json
 import os
@@ -80,6 +81,11 @@ def runs(tiny_mnist_env, tmp_path_factory):
         assert done.returncode == 0, done.stdout + done.stderr
         out[name] = done.stdout + done.stderr
         out[f'{name}_cache'] = cache_entries(tmp / 'cache')
+    done = subprocess.run([sys.executable, *MLP_GAN, f'--workdir={tmp / "c"}',
+                           f'--config.init_from={tmp / "a"}@4'], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out['init_from'] = done.stdout + done.stderr
     return tmp, out
 
 
@@ -238,3 +244,13 @@ def test_each_loop_of_a_run_logs_under_its_subdirectory_against_its_own_step_axi
         with tracking.session(config, str(tmp_path)):
             raise RuntimeError('boom')
     assert runs[1].calls == [('finish', 1)] and runs[1].init['id'] == run.init['id']
+
+
+def test_a_gan_run_starts_from_another_runs_networks(runs):
+    tmp, out = runs
+    assert f'init_from {tmp / "a"} at step 4: loaded ' in out['init_from']
+    assert 'init_from: new in this model (as initialised): none' in out['init_from']
+    with open(tmp / 'c' / 'init_from.json') as f:
+        report = json.load(f)
+    fields = {name.split('/')[0] for name in report['loaded']}
+    assert fields == {'g_params', 'd_params', 'g_ema'} and report['skipped'] == []

@@ -20,7 +20,7 @@ import os
 from absl import logging
 
 from research.data.datasets import DatasetUnavailableError, Split, env_var, load
-from research.data.transforms import hold_out
+from research.data.transforms import hold_out, subset
 from research.errors import ConfigError
 
 
@@ -60,22 +60,30 @@ def load_splits(section, seed: int) -> tuple[Split, Split, str]:
     """`load_train_eval` as an experiment's config names it: a data section with `name` and any
     of train_split, train_dir, test_split, test_dir, heldout, validation, source (their defaults
     otherwise). With validation=N > 0 the evaluation split is N training examples instead (seed
-    + 1 picks them), named 'validation'."""
+    + 1 picks them), named 'validation'. With train_examples=N > 0 training uses N of the
+    (remaining) training examples, seed + 2 picking them: a small labelled set, say."""
     get = lambda key, default: section[key] if key in section else default
     train, evaluation, name = load_train_eval(
         section['name'], train_split=get('train_split', 'train'), train_dir=get('train_dir', ''),
         eval_split=get('test_split', 'test'), eval_dir=get('test_dir', ''),
         heldout=get('heldout', 0), seed=seed, source=get('source', 'auto'))
     n = get('validation', 0)
-    if not n:
-        return train, evaluation, name
-    if not 0 < n < len(train.labels):
-        raise ConfigError(f'data.validation={n}: it must be between 0 and the '
-                          f'{len(train.labels):,} training examples ({train.source})')
-    train, validation = hold_out(train, n, seed + 1)
-    logging.info('selection run: evaluating on %d validation examples carved from the training '
-                 'data; the %s split (%s) is not evaluated', n, name, evaluation.source)
-    return _logged(train, validation, 'validation')
+    if n:
+        if not 0 < n < len(train.labels):
+            raise ConfigError(f'data.validation={n}: it must be between 0 and the '
+                              f'{len(train.labels):,} training examples ({train.source})')
+        logging.info('selection run: evaluating on %d validation examples carved from the '
+                     'training data; the %s split (%s) is not evaluated', n, name,
+                     evaluation.source)
+        train, evaluation = hold_out(train, n, seed + 1)
+        name = 'validation'
+    keep = get('train_examples', 0)
+    if keep:
+        if not 0 < keep < len(train.labels):
+            raise ConfigError(f'data.train_examples={keep}: it must be between 0 (all) and the '
+                              f'{len(train.labels):,} training examples ({train.source})')
+        train = subset(train, keep, seed + 2)
+    return (_logged(train, evaluation, name) if n or keep else (train, evaluation, name))
 
 
 def periodic(name: str, hooks: list) -> list:

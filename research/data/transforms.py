@@ -40,6 +40,16 @@ def hold_out(split: Split, n: int, seed: int) -> tuple[Split, Split]:
             part(held, f'{n} held out (seed {seed})'))
 
 
+def subset(split: Split, n: int, seed: int) -> Split:
+    """n examples of `split` chosen by a permutation drawn from `seed` (in their order there)."""
+    if not 0 < n < len(split.labels):
+        raise ValueError(f'a subset of {split.source} needs 0 < n < {len(split.labels)}, '
+                         f'got n={n}')
+    idx = np.sort(np.random.default_rng(seed).permutation(len(split.labels))[:n])
+    return dataclasses.replace(split, images=split.images[idx], labels=split.labels[idx],
+                               source=f'{split.source}, {n} of them (seed {seed})')
+
+
 def images_to_float(images):
     """uint8 [0, 255] -> float32 [-1, 1]. Only methods and operators, no numpy function, so a jax
     array stays a jax array (and traces under jit) and a numpy array stays numpy."""

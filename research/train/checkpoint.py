@@ -23,6 +23,7 @@ before digests existed (one `default` item) restore unverified, with a warning.
 import hashlib
 import logging as std_logging
 import os
+import re
 import shutil
 
 import jax
@@ -78,6 +79,22 @@ def _leaves(tree) -> list[tuple[str, list[int], str]]:
     """(path, shape, dtype) of each leaf: what a digest's structure is compared on."""
     return [(jax.tree_util.keystr(path), list(np.shape(x)), str(x.dtype))
             for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+_KEY = re.compile(r"\.(\w+)|\['([^']*)'\]|\[(\d+)\]")
+
+
+def leaf_name(path: str) -> str:
+    """A digest's path ("`.params['Dense_0']['kernel']`") as a slash name
+    ('params/Dense_0/kernel'), the same for a state and for the dicts orbax restores it as."""
+    return '/'.join(next(part for part in m.groups() if part is not None)
+                    for m in _KEY.finditer(path))
+
+
+def named_leaves(tree) -> dict:
+    """{slash name: leaf} of every array in `tree`."""
+    return {leaf_name(jax.tree_util.keystr(path)): x
+            for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def digest(tree) -> dict:
@@ -220,6 +237,35 @@ class Checkpointer:
             multihost_utils.sync_global_devices(f'moved aside checkpoint {step}')
         self._manager.reload()
         return str(target)
+
+    def read(self, step: int | None = None) -> tuple[int, dict]:
+        """(step, {slash name: numpy array}) of checkpoint `step` (default the newest), read as
+        saved, with no state to shape it (another run's, for research.train.transfer), and
+        verified against its digest. A missing step or a damaged checkpoint is a UserError
+        naming it."""
+        steps = sorted(self._manager.all_steps())
+        if step is None and not steps:
+            raise UserError(f'{self.directory} holds no checkpoint')
+        step = steps[-1] if step is None else step
+        if step not in steps:
+            raise UserError(f'{self.directory} has no checkpoint {step}; it has '
+                            f'{", ".join(map(str, steps)) or "none"}')
+        try:
+            recorded = self._manager.restore(step, args=ocp.args.Composite(
+                digest=ocp.args.JsonRestore()))['digest']
+            raw = self._manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore()))['state']
+        except Exception as e:  # noqa: BLE001 -- unreadable files are the source's damage
+            raise UserError(f'checkpoint {step} in {self.directory} cannot be read '
+                            f'({type(e).__name__}: {str(e).splitlines()[0][:200]})') from e
+        arrays = {name: np.asarray(x) for name, x in named_leaves(raw).items()}
+        computed = {leaf_name(row[0]): row[3] for row in digest(arrays)['leaves']}
+        bad = [name for name, *_, sha in ((leaf_name(r[0]), *r[1:]) for r in recorded['leaves'])
+               if computed.get(name) != sha]
+        if bad:
+            raise UserError(f'checkpoint {step} in {self.directory} is damaged: {len(bad)} '
+                            f'arrays differ from their digest ({", ".join(bad[:3])})')
+        return step, arrays
 
     def restore_latest(self, like):
         """The newest intact checkpoint, shaped, typed and sharded like `like`, or None if there

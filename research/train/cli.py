@@ -94,8 +94,12 @@ def run_options(c):
     log.wandb     a Weights & Biases project to log to, beside TensorBoard (research.train.tracking)
     train.precision  'f32', or 'bf16': matmul and convolution inputs in bfloat16, for GPUs and
                   TPUs (research.train.precision)
+    init_from     'WORKDIR[@STEP]': a new run starts from the parameters of that run whose names
+                  and shapes match (research.train.transfer); init_partial=True loads them even
+                  when others have another shape
     """
     c.profile = ''
+    c.init_from, c.init_partial = '', False
     c.log = dict(wandb='')
     c.train.precision = 'f32'
     return c
@@ -105,7 +109,7 @@ def check_common(config) -> None:
     """Checks every experiment shares: the data source and dataset, the train schedule, the
     run options, and that every *.batch_size divides over the devices (call after
     distributed.initialize)."""
-    from research.train import loop, mesh, precision
+    from research.train import loop, mesh, precision, transfer
     if 'data' in config:
         if 'source' in config.data:
             data.check_source(config.data.source)
@@ -114,6 +118,8 @@ def check_common(config) -> None:
                               f'{", ".join(data.DATASETS)}')
     if 'train' in config and 'steps' in config.train:
         loop.Schedule.of(config.train)
+    if 'init_from' in config:
+        transfer.check(config.init_from)
     if 'train' in config and 'precision' in config.train:
         try:
             precision.check(config.train.precision)

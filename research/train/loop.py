@@ -53,7 +53,8 @@ import numpy as np
 
 from research.data import Pipeline
 from research.errors import ConfigError, Fatal
-from research.train import flops as flops_lib, fused, mesh as mesh_lib, precision, run_info
+from research.train import (flops as flops_lib, fused, mesh as mesh_lib, precision, run_info,
+                            transfer)
 from research.train.checkpoint import Checkpointer
 from research.train.metrics import MetricWriter, Progress
 from research.train.outputs import Outputs
@@ -105,6 +106,15 @@ class Schedule:
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f'train.{name} must be an integer >= 1, got {value!r}')
         return schedule
+
+
+def options(config, phase: str = '') -> dict:
+    """The run options of `config` (research.train.cli.run_options) that `train` takes, for
+    the loop in subdirectory `phase` of the run ('' for a run of one loop):
+    `loop.train(..., **loop.options(config))`."""
+    init_from = config.get('init_from', '')
+    return dict(profile=config.get('profile', ''), init_partial=config.get('init_partial', False),
+                init_from=transfer.phase(init_from, phase) if phase else init_from)
 
 
 def parse_profile(text: str) -> tuple[int, int] | None:
@@ -268,11 +278,13 @@ def _run_hook(fn, step: int, state, out, writer, progress, replace: bool = False
 
 def train(config, *, workdir: str, init: Callable, step: Callable, pipeline, seed: int = 0,
           init_args=(), hooks=(), final=(), mesh=None, outputs: Outputs | None = None,
-          profile: str = ''):
+          profile: str = '', init_from: str = '', init_partial: bool = False):
     """Runs (or resumes) training to config.steps, then the final hooks; returns the state.
 
     `outputs` is what the hooks write through (default: Outputs(workdir)); a run made of several
     loops, each in a subdirectory, passes its top-level one. `profile` is 'START:STOP' or ''.
+    `init_from` ('WORKDIR[@STEP]', research.train.transfer) puts another run's parameters into
+    a fresh state (not a resumed one), `init_partial` allowing shape mismatches.
     """
     # ---- Schedule, mesh and input ------------------------------------------------------------
     schedule = Schedule.of(config)
@@ -298,6 +310,12 @@ def train(config, *, workdir: str, init: Callable, step: Callable, pipeline, see
         state = restored
         progress.message(f'resuming from the checkpoint at step {_step_of(state)} in '
                          f'{checkpoints.directory}')
+    elif init_from:
+        state, report, lines = transfer.load(state, init_from, partial=init_partial)
+        state = jax.device_put(state, mesh_lib.replicated(mesh))
+        for line in lines:
+            progress.message(line)
+        Outputs(workdir).json('init_from.json', report)
     start = _step_of(state)
     if start % k and start < num_steps:
         raise ConfigError(f'the checkpoint in {checkpoints.directory} is at step {start}, not a '

@@ -55,6 +55,7 @@ ON_RESUME = (
     ('population_lr', STATE), ('ema_decay', STATE), ('train.batch_size', STATE),
     ('train.augment', STATE), ('dbn.*', STATE), ('rbm.*', STATE), ('finetune.*', STATE),
     ('updown.*', STATE),  # its steps too: the learning rate decays linearly over them
+    ('init_from', STATE), ('init_partial', STATE),  # what the first checkpoint started from
 )
 
 
