@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from etils import epath
 
 from research import files
 from research.errors import ConfigError
@@ -56,9 +57,9 @@ def check(spec: str) -> None:
     layers); a ConfigError otherwise."""
     if spec:
         where, _ = parse(spec)
-        if not files.is_url(where) and not os.path.isdir(where):
+        if not files.exists(where):
             raise ConfigError(f'init_from={spec!r}: {where} is not a directory')
-        if not files.is_url(where) and not (_has_checkpoints(where) or _dbn_layers(where)):
+        if not (_has_checkpoints(where) or _dbn_layers(where)):
             raise ConfigError(f'init_from={spec!r}: {where} has neither checkpoints/ nor the '
                               'rbm_1/, rbm_2/, ... of a DBN run: is it a run directory?')
 
@@ -78,12 +79,14 @@ def phase(spec: str, name: str) -> str:
 
 
 def _has_checkpoints(where: str) -> bool:
-    return os.path.isdir(os.path.join(where, 'checkpoints'))
+    return files.exists(os.path.join(where, 'checkpoints'))
 
 
 def _dbn_layers(where: str) -> list[str]:
-    found = sorted((int(m.group(1)), d) for d in (os.listdir(where) if os.path.isdir(where)
-                                                  else []) if (m := _RBM.match(d)))
+    """rbm_1, rbm_2, ... of a DBN run at `where` (local or a bucket), those with checkpoints."""
+    path = epath.Path(where)
+    names = [p.name for p in path.iterdir()] if path.is_dir() else []
+    found = sorted((int(m.group(1)), d) for d in names if (m := _RBM.match(d)))
     dirs = [os.path.join(where, d) for _, d in found]
     return [d for d in dirs if _has_checkpoints(d)]
 
