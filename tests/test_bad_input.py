@@ -255,7 +255,7 @@ def test_bad_input_is_one_fatal_line_naming_it(results, name):
 
 
 @pytest.mark.parametrize('name', ['gan_mnist', 'vae_mnist', 'dbn_mnist', 'char_lm', 'classifier',
-                                  'rowwise_mnist'])
+                                  'rowwise_mnist', 'flow_mnist'])
 def test_every_preset_passes_the_common_checks_on_8_devices(name):
     """What the table refuses for a user's value, no preset may ask for (1, 2, 4 or 8 devices:
     every *.batch_size divides over them)."""

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import copy_tree
+from conftest import copy_tree, on_one_and_all_devices
 from experiments import dbn_mnist
 from research import data
 from research.evals.rbm import filter_grid, pixel_grid
@@ -22,7 +22,6 @@ from research.models import dbn
 from research.models.classifier import MLPClassifier, make_classifier
 from research.objectives.dbn import make_layer_step
 from research.objectives.rbm import init_rbm_state, make_cd_step
-from research.train import mesh as mesh_lib
 from test_rbm import random_rbm
 from test_vae_experiment import offline_mnist
 
@@ -137,15 +136,7 @@ def test_layer_step_is_the_same_on_one_and_eight_devices():
                            n_chains=16)
     step = make_layer_step(lower, binarize=True, k=1, persistent=True, lr=0.1, momentum=0.5)
     images = np.random.default_rng(3).integers(0, 256, (16, 4, 4, 3)).astype(np.uint8)
-    results = []
-    for devices in (jax.devices()[:1], jax.devices()):
-        mesh = mesh_lib.data_mesh(devices)
-        s = jax.device_put(copy_tree(state), mesh_lib.replicated(mesh))
-        for _ in range(3):
-            s, _ = mesh_lib.jit_step(step, mesh)(s, mesh_lib.to_global_batch({'image': images},
-                                                                              mesh))
-        results.append(jax.device_get(s))
-    assert len(jax.devices()) == 8
+    results = on_one_and_all_devices(step, state, {'image': images})
     for name in ('w', 'b_v', 'b_h'):
         np.testing.assert_allclose(results[0].params[name], results[1].params[name],
                                    rtol=1e-5, atol=1e-6)

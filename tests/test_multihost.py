@@ -29,7 +29,8 @@ import pytest
 from conftest import REPO
 from research.train import distributed
 
-EXPERIMENTS = ('vae_mnist', 'dbn_mnist', 'classifier', 'char_lm', 'rowwise_mnist')  # + gan_mnist
+EXPERIMENTS = ('vae_mnist', 'dbn_mnist', 'classifier', 'char_lm', 'rowwise_mnist',
+               'flow_mnist')  # + gan_mnist
 WALL_CLOCK = {'time', 'examples_per_s', 'flops_per_s'}  # metrics.jsonl keys no two runs share
 LONG_GAN = ['--config.model.arch=mlp', '--config.scores.at_end=False',
             '--config.train.log_every=10', '--config.train.sample_every=100000']
@@ -42,7 +43,8 @@ EXPECTED = {'gan_mnist': {'scores/fid', 'scores/classifier_score'},
             'dbn_mnist': {'ais/log_z', 'test/log_likelihood', 'test/accuracy'},
             'classifier': {'test/accuracy', 'test/macro_f1'},
             'char_lm': {'val/bits_per_char'},
-            'rowwise_mnist': {'test/accuracy', 'test/macro_f1'}}  # its evaluations' metrics
+            'rowwise_mnist': {'test/accuracy', 'test/macro_f1'},
+            'flow_mnist': {'scores/fid', 'scores/classifier_score'}}  # its evaluations' metrics
 
 
 def free_port() -> int:

@@ -7,12 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import copy_tree
+from conftest import copy_tree, on_one_and_all_devices
 from research.models.dbn import log_directed, log_recognition, sample_down, sample_up
 from research.objectives.rbm import cd_gradient, run_chains
 from research.objectives.updown import (generative_layers, init_updown_state, make_updown_step,
                                         sleep_gradient, wake_gradient)
-from research.train import mesh as mesh_lib
 from test_dbn_bound import V, dbn, exact, states
 
 sigmoid = lambda x: 1 / (1 + np.exp(-x))
@@ -118,16 +117,8 @@ def test_step_is_the_same_on_one_and_eight_devices():
     state = init_updown_state(jax.random.PRNGKey(3), dbn(48, 16, 8, seed=9, scale=0.3))
     step = make_updown_step(k=1, lr=0.1, momentum=0.5)
     images = np.random.default_rng(3).integers(0, 256, (16, 4, 4, 3)).astype(np.uint8)
-    results = []
-    for devices in (jax.devices()[:1], jax.devices()):
-        mesh = mesh_lib.data_mesh(devices)
-        s = jax.device_put(copy_tree(state), mesh_lib.replicated(mesh))
-        for _ in range(3):
-            s, _ = mesh_lib.jit_step(step, mesh)(s, mesh_lib.to_global_batch({'image': images},
-                                                                              mesh))
-        results.append(jax.device_get(s))
-    assert len(jax.devices()) == 8
-    chex.assert_trees_all_close(results[0].params, results[1].params, rtol=1e-5, atol=1e-6)
+    one, eight = on_one_and_all_devices(step, state, {'image': images})
+    chex.assert_trees_all_close(one.params, eight.params, rtol=1e-5, atol=1e-6)
 
 
 def test_bad_arguments_are_refused():

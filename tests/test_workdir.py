@@ -14,7 +14,8 @@ from research.errors import UserError
 from research.train import workdir
 from research.train.workdir import SAFE, STATE
 
-EXPERIMENTS = ('gan_mnist', 'vae_mnist', 'dbn_mnist', 'char_lm', 'classifier', 'rowwise_mnist')
+EXPERIMENTS = ('gan_mnist', 'vae_mnist', 'dbn_mnist', 'char_lm', 'classifier', 'rowwise_mnist',
+               'flow_mnist')
 
 
 def every_config():
