@@ -260,8 +260,8 @@ class Checkpointer:
                             f'({type(e).__name__}: {str(e).splitlines()[0][:200]})') from e
         arrays = {name: np.asarray(x) for name, x in named_leaves(raw).items()}
         computed = {leaf_name(row[0]): row[3] for row in digest(arrays)['leaves']}
-        bad = [name for name, *_, sha in ((leaf_name(r[0]), *r[1:]) for r in recorded['leaves'])
-               if computed.get(name) != sha]
+        bad = [leaf_name(path) for path, _, _, sha in recorded['leaves']
+               if computed.get(leaf_name(path)) != sha]
         if bad:
             raise UserError(f'checkpoint {step} in {self.directory} is damaged: {len(bad)} '
                             f'arrays differ from their digest ({", ".join(bad[:3])})')

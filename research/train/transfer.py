@@ -150,9 +150,10 @@ def load(state, spec: str, *, partial: bool = False) -> tuple[object, dict, list
     if not loaded:
         raise ConfigError(f'init_from={spec!r}: none of this model\'s parameters are in '
                           f'{what} (it has {_names(list(source))}); is it a run of this model?')
-    values = {k: jnp.asarray(source[k], dtype=target[k].dtype) for k in loaded}
-    paths, treedef = jax.tree_util.tree_flatten_with_path(state)
-    leaves = [values.get(name, x) for name, x in zip(named_leaves(state), (x for _, x in paths))]
+    take = set(loaded)
+    leaves = [jnp.asarray(source[k], dtype=x.dtype) if k in take else x
+              for k, x in target.items()]  # in the state's leaf order
+    treedef = jax.tree_util.tree_structure(state)
     report = dict(init_from=spec, source=what, loaded=loaded, new=new, skipped=unused,
                   skipped_for_shape=mismatched, numbers=int(numbers))
     return jax.tree_util.tree_unflatten(treedef, leaves), report, lines
