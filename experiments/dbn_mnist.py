@@ -4,6 +4,7 @@ r"""Deep belief network on MNIST or Fashion-MNIST: greedy RBM layers, samples, A
     python -m experiments.dbn_mnist --config.data.name=fashion_mnist # full Fashion-MNIST
     python -m experiments.dbn_mnist --config.finetune.init=random    # the MLP alone, no DBN
     python -m experiments.dbn_mnist --config=experiments/dbn_mnist.py:updown  # + up-down
+    python -m experiments.dbn_mnist --config.scores.n=10000  # + the judge's scores of samples
 
 Default: a 784-500-500-2000 DBN (Hinton, Osindero & Teh 2006): RBM layers trained greedily by
 PCD-1, the whole DBN's variational bound on log p(v) at each depth (and its importance-sampled
@@ -54,12 +55,15 @@ def get_config(preset: str = 'default') -> ml_collections.ConfigDict:
     # Up-down fine-tuning of the whole DBN as a generative model, before the MLP's backprop
     c.updown = dict(k=3, lr=0.005, lr_decay='linear', momentum=0.5, weight_decay=2e-4,
                     batch_size=128, steps=3000)
-    # The pinned judge on samples of the greedy DBN and of the up-down one (updown runs only)
-    c.scores = dict(n=10_000, gibbs=200)  # n=0: no scores
+    # The pinned judge on n samples (each after `gibbs` sweeps of the top RBM): of the greedy
+    # DBN at the end of its top layer (samples.npz); with updown, of the greedy DBN and the
+    # up-down one (samples_greedy.npz, samples.npz). n=0: no scores (the default's 2 minutes)
+    c.scores = dict(n=0, gibbs=200)
     c.train = dict(log_every=250, checkpoint_every=1000, eval_every=1000)  # of every phase
     c.eval = dict(batch_size=512)  # a multiple of 1, 2, 4, 8... devices
     if preset in ('updown', 'smoke'):
         c.finetune.generative = 'updown'
+        c.scores.n = 10_000
     if preset == 'smoke':  # seconds: for tests
         c.dbn.hidden = (32, 16)
         c.rbm.update(batch_size=16, steps=4, gibbs=20, monitor_examples=50)
@@ -93,8 +97,8 @@ def check_config(c: ml_collections.ConfigDict) -> None:
         make_updown_step(k=c.updown.k, lr=c.updown.lr, momentum=c.updown.momentum,
                          weight_decay=c.updown.weight_decay)  # bad values raise
         learning_rate(c.updown.lr, c.updown.lr_decay, c.updown.steps)
-        if c.scores.n:
-            check_judge(c.data.name, '--config.scores.n=0')
+    if c.scores.n and c.finetune.init == 'dbn':
+        check_judge(c.data.name, '--config.scores.n=0')
     if c.rbm.gibbs % 10:
         raise ValueError(f'rbm.gibbs must be a multiple of 10 (the chains picture shows ten '
                          f'snapshots), got {c.rbm.gibbs}')
@@ -133,6 +137,9 @@ def run(config: ml_collections.ConfigDict, workdir: str):
         def final(step, state, out):
             logged = rbm_eval.write_pictures(out, [*lower, state.params], jax.random.PRNGKey(
                 config.seed + 100 + l), gibbs=r.gibbs, image_shape=shape)
+            if l == len(sizes) - 2 and f.generative != 'updown':  # the whole DBN's samples
+                logged.update(sample_scores(config, [*lower, state.params], jax.random.PRNGKey(
+                    config.seed + 303), shape, out, 'samples.npz'))
             layer.update(monitor(step, state, out))
             if not config.ais.runs:
                 return {**logged, **{k: v for k, v in layer.items() if '/' in k}}

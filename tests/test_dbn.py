@@ -274,6 +274,25 @@ def test_bad_config_is_refused_before_the_workdir_is_written(overrides, message,
     assert not (tmp_path / 'config.json').exists()
 
 
+def test_a_greedy_run_scores_the_samples_of_the_stack_an_updown_run_starts_from(
+        smoke, tmp_path, monkeypatch):
+    workdir, _ = smoke
+    offline_mnist(monkeypatch)
+    config = dbn_mnist.get_config('smoke')
+    config.finetune.generative, config.ais.runs = 'none', 0  # scores.n stays the smoke's 40
+    with contextlib.redirect_stdout(io.StringIO()):
+        dbn_mnist.run(config, str(tmp_path))
+    # The same seeds train the same greedy stack, sampled with the same key: the updown run's
+    # samples_greedy.npz, here the run's samples.npz, scored at the end of the top layer.
+    with np.load(tmp_path / 'samples.npz') as mine, np.load(workdir / 'samples_greedy.npz') as up:
+        np.testing.assert_array_equal(mine['images'], up['images'])
+    logged = [json.loads(line) for line in (tmp_path / 'rbm_2' / 'metrics.jsonl').open()]
+    before = json.loads((workdir / 'results.json').read_text())['updown']['before']
+    assert logged[-1]['scores/fid'] == pytest.approx(before['scores/fid'], rel=1e-9)
+    assert not any('scores/fid' in line for line in
+                   (tmp_path / 'rbm_1' / 'metrics.jsonl').read_text().splitlines())
+
+
 def test_random_init_baseline_skips_pretraining(tmp_path, monkeypatch, capsys):
     offline_mnist(monkeypatch)
     config = dbn_mnist.get_config('smoke')

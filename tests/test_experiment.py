@@ -122,6 +122,31 @@ def test_smoke_rerun_with_more_steps_resumes(smoke, capsys, monkeypatch):
     assert second['config']['train']['steps'] == 6
 
 
+def test_conditional_smoke_run_grids_a_row_per_class_and_scores_the_requested_classes(
+        tmp_path, monkeypatch):
+    offline_mnist(monkeypatch)
+    config = gan_mnist.get_config('smoke')
+    config.model.conditional, config.train.steps = True, 2
+    with contextlib.redirect_stdout(io.StringIO()):
+        gan_mnist.run(config, str(tmp_path))
+    run = snapshot(tmp_path)
+    with Image.open(tmp_path / 'samples' / 'step_000002.png') as png:
+        assert png.size == (2 * (4 * 30 + 2), 2 * (10 * 30 + 2))  # 10 classes x 4 noise vectors
+        pixels = np.asarray(png)[::2, ::2]
+    # A noise vector per column: class 0's row holds 4 different images (after 2 steps the
+    # classes' own scales have barely left 1, so a column's images are still near-identical).
+    row = [pixels[2:30, 2 + 30 * c:30 * (c + 1)] for c in range(4)]
+    assert len({cell.tobytes() for cell in row}) == 4
+    np.testing.assert_array_equal(run['samples']['labels'], np.arange(40) % 10)
+    scores = run['records'][-1]
+    rescored = score_samples.conditional_scores(run['samples']['images'],
+                                                run['samples']['labels'], 'mnist')
+    assert scores['scores/conditional_accuracy'] == rescored['conditional_accuracy']
+    assert [scores[f'scores/fid_class_{k}'] for k in range(10)] == pytest.approx(
+        rescored['fid_per_class'], rel=1e-6)
+    assert run['config']['model']['conditional'] is True
+
+
 def test_presets():
     assert gan_mnist.get_config('mlp').model.arch == 'mlp'
     smoke = gan_mnist.get_config('smoke')

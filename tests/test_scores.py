@@ -22,6 +22,7 @@ from research.evals.sample_quality import (classifier_score, feature_stats, frec
 
 KEYS = {'samples', 'n', 'dataset', 'judge_sha256', 'judge_test_accuracy', 'reference', 'fid',
         'kid', 'kid_std', 'classifier_score', 'classifier_score_std', 'seconds'}
+CONDITIONAL_KEYS = {'conditional_accuracy', 'fid_per_class', 'fid_class_mean'}
 
 
 class FakeJudge:
@@ -229,9 +230,18 @@ def test_command_prints_one_json_line_with_every_key(fake_cli, capsys):
     run, tmp_path = fake_cli
     run(str(tmp_path / 'samples.npz'), '--limit', '50')
     run('--floor', '--test-dir', str(tmp_path))
-    sample_line, floor_line = capsys.readouterr().out.splitlines()
+    np.savez(tmp_path / 'labelled.npz', images=images(100, seed=2), labels=np.arange(100) % 10)
+    run(str(tmp_path / 'labelled.npz'))
+    sample_line, floor_line, labelled_line = capsys.readouterr().out.splitlines()
     sample, floor = json.loads(sample_line), json.loads(floor_line)
-    assert set(sample) == set(floor) == KEYS
+    labelled = json.loads(labelled_line)  # a conditional generator's samples
+    assert set(labelled) == KEYS | CONDITIONAL_KEYS and len(labelled['fid_per_class']) == 10
+    expected = score_lib.conditional_scores(images(100, seed=2), np.arange(100) % 10, 'mnist',
+                                            data_dir=str(tmp_path), judge=FakeJudge())
+    assert labelled['conditional_accuracy'] == expected['conditional_accuracy']
+    assert labelled['fid_per_class'] == pytest.approx(expected['fid_per_class'])
+    # The floor's real test images carry their classes: it adds the conditional scores.
+    assert set(sample) == KEYS and set(floor) == KEYS | CONDITIONAL_KEYS
     assert sample['n'] == 50 and sample['samples'] == str(tmp_path / 'samples.npz')
     assert floor['n'] == 300 and floor['samples'].startswith('mnist/test: IDX files in')
     assert floor['reference'].startswith('mnist/train, 300 images: IDX files in')
@@ -251,6 +261,7 @@ def test_a_scoring_run_leaves_a_workdir_that_a_results_row_records(fake_cli, cap
     assert metrics['scores/fid'] == pytest.approx(line['fid'])
     assert metrics['scores.json/kid'] == pytest.approx(line['kid'])
     assert metrics['scores/n'] == 300
+    assert metrics['scores/fid_class_9'] == pytest.approx(line['fid_per_class'][9])
     assert record['steps'] == 0 and record['commit'] == run_info.git_commit()
     records = [json.loads(x) for x in (workdir / 'metrics.jsonl').read_text().splitlines()]
     assert len(records) == 1 and records[0]['step'] == 0

@@ -17,6 +17,13 @@ samples file: what a perfect generator would get at that sample size, the floor 
 a model's numbers. FID falls as N grows, so compare numbers at equal N (the experiments write
 10,000 samples); KID is unbiased at any N.
 
+Samples of a class-conditional generator carry the class each was asked for (key `labels`,
+int (N,)); for them, and for `--floor`'s real images with their true classes, the line also
+holds the conditional accuracy (the judge's accuracy at recognising the requested class: its
+test accuracy on real images with their true labels, 1/K at chance) and the Frechet distance of
+each class's samples to the reference images of that class (`fid_per_class`, and their mean),
+from `conditional_scores`.
+
 `score_images` is the same as a library call, for experiments to run at the end of training;
 the reference features are computed once per process for each (dataset, split, data source,
 judge).
@@ -35,6 +42,7 @@ import numpy as np
 from absl import logging
 
 from research import data, errors
+from research.data import DATASETS
 from research.errors import ConfigError, InputError
 from research.evals.sample_quality import (classifier_score, feature_stats, frechet_distance,
                                            kernel_distance)
@@ -50,6 +58,7 @@ class _Reference:
     mean: np.ndarray
     cov: np.ndarray
     description: str  # which real data, e.g. 'mnist/train, 5000 images: <source>'
+    labels: np.ndarray | None = None  # int (N,), for per-class distances
 
 
 _REFERENCES: dict[tuple, _Reference] = {}  # per-process cache, see _reference
@@ -65,12 +74,7 @@ def score_images(images: np.ndarray, dataset: str, *, reference_images: np.ndarr
     anything with its interface (`dataset`, `sha256`, `info`, `features`, `probs`) will do.
     """
     _check_images(images, 'images')  # before the seconds of loading the judge and the reference
-    if judge is None:
-        from research.evals.judge import load_judge  # imports jax and flax; only when needed
-
-        judge = load_judge(dataset)
-    if judge.dataset != dataset:
-        raise ConfigError(f'the judge was trained on {judge.dataset!r}, not on {dataset!r}')
+    judge = _judge(dataset, judge)
     if reference_images is not None:
         _check_images(reference_images, 'reference_images')
         reference = _featurize(judge, reference_images,
@@ -92,14 +96,60 @@ def score_images(images: np.ndarray, dataset: str, *, reference_images: np.ndarr
             'classifier_score': score, 'classifier_score_std': score_std}
 
 
-def score_metrics(images: np.ndarray, dataset: str, **kwargs) -> dict:
+def conditional_scores(images: np.ndarray, labels: np.ndarray, dataset: str, *,
+                       reference_images: np.ndarray | None = None,
+                       reference_labels: np.ndarray | None = None,
+                       reference_split: str = 'train', data_dir: str | None = None,
+                       judge=None) -> dict:
+    """How well uint8 (N, H, W, C) `images` match the classes `labels` (int (N,)) they were
+    generated for, under `dataset`'s judge: `conditional_accuracy`, the fraction the judge
+    assigns to their requested class, and `fid_per_class`, the Frechet distance of each class's
+    images to the reference images of that class (and `fid_class_mean`, their mean). The
+    reference is as in `score_images` (`reference_labels` go with `reference_images`)."""
+    _check_images(images, 'images')
+    labels = np.asarray(labels)
+    num_classes = len(DATASETS[dataset].class_names)
+    if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
+        raise InputError(f'labels must be integers of shape ({len(images)},) like the images, '
+                         f'found {labels.dtype} of shape {labels.shape}')
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise InputError(f'labels must lie in [0, {num_classes}) for {dataset}, found '
+                         f'{labels.min()}..{labels.max()}')
+    judge = _judge(dataset, judge)
+    if reference_images is not None:
+        if reference_labels is None or len(reference_labels) != len(reference_images):
+            raise ConfigError('reference_images need reference_labels, one per image')
+        reference = _featurize(judge, reference_images, 'reference_images argument',
+                               np.asarray(reference_labels))
+    else:
+        reference = _reference(judge, dataset, reference_split, data_dir)
+    features, predicted = judge.features(images), judge.probs(images).argmax(axis=1)
+    per_class = []
+    for k in range(num_classes):
+        mine, real = features[labels == k], reference.features[reference.labels == k]
+        if len(mine) < 2 or len(real) < 2:
+            raise InputError(f'class {k} has {len(mine)} samples and {len(real)} reference '
+                             'images; a per-class Frechet distance needs at least 2 of each')
+        per_class.append(frechet_distance(*feature_stats(mine), *feature_stats(real)))
+    return {'n': len(images), 'conditional_accuracy': float(np.mean(predicted == labels)),
+            'fid_per_class': per_class, 'fid_class_mean': float(np.mean(per_class))}
+
+
+def score_metrics(images: np.ndarray, dataset: str, labels: np.ndarray | None = None,
+                  **kwargs) -> dict:
     """`score_images` as metrics for a training run: {'scores/fid': ..., ...}, scalars only;
     the judge and the reference data go to the log."""
     result = score_images(images, dataset, **kwargs)
     logging.info('scored %d samples with the %s judge (sha256 %s...) against %s', result['n'],
                  dataset, result['judge_sha256'][:12], result['reference'])
-    return {f'scores/{key}': result[key] for key in
-            ('fid', 'kid', 'kid_std', 'classifier_score', 'classifier_score_std')}
+    metrics = {f'scores/{key}': result[key] for key in
+               ('fid', 'kid', 'kid_std', 'classifier_score', 'classifier_score_std')}
+    if labels is not None:  # a conditional generator's samples: how well they match the class
+        per = conditional_scores(images, labels, dataset, **kwargs)
+        metrics['scores/conditional_accuracy'] = per['conditional_accuracy']
+        metrics['scores/fid_class_mean'] = per['fid_class_mean']
+        metrics.update({f'scores/fid_class_{k}': v for k, v in enumerate(per['fid_per_class'])})
+    return metrics
 
 
 def load_samples(path: str, key: str = 'images') -> np.ndarray:
@@ -124,6 +174,13 @@ def load_samples(path: str, key: str = 'images') -> np.ndarray:
     return images
 
 
+def load_labels(path: str, key: str = 'labels') -> np.ndarray | None:
+    """The requested classes under `key` in the .npz file `path` (a conditional generator's
+    samples), or None when it has none; read after `load_samples` has checked the file."""
+    with np.load(path, allow_pickle=False) as archive:
+        return archive[key] if key in archive.files else None
+
+
 def _check_images(images, what: str):
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
         found = (f'{images.dtype} of shape {images.shape}' if isinstance(images, np.ndarray)
@@ -134,6 +191,17 @@ def _check_images(images, what: str):
                          f'{CLASSIFIER_SCORE_SPLITS} (the classifier score splits)')
 
 
+def _judge(dataset: str, judge):
+    """`judge`, or the pinned one for `dataset`; refuses a judge of another dataset."""
+    if judge is None:
+        from research.evals.judge import load_judge  # imports jax and flax; only when needed
+
+        judge = load_judge(dataset)
+    if judge.dataset != dataset:
+        raise ConfigError(f'the judge was trained on {judge.dataset!r}, not on {dataset!r}')
+    return judge
+
+
 def _reference(judge, dataset: str, split: str, data_dir: str | None) -> '_Reference':
     """The judge's features of a real split, computed once per process."""
     directory = data_dir if data_dir is not None else os.environ.get(data.env_var(dataset), '')
@@ -141,13 +209,14 @@ def _reference(judge, dataset: str, split: str, data_dir: str | None) -> '_Refer
     if key not in _REFERENCES:
         real = data.load(dataset, split, data_dir)
         _REFERENCES[key] = _featurize(
-            judge, real.images, f'{dataset}/{split}, {len(real.images)} images: {real.source}')
+            judge, real.images, f'{dataset}/{split}, {len(real.images)} images: {real.source}',
+            real.labels)
     return _REFERENCES[key]
 
 
-def _featurize(judge, images: np.ndarray, description: str) -> _Reference:
+def _featurize(judge, images: np.ndarray, description: str, labels=None) -> _Reference:
     features = judge.features(images)
-    return _Reference(features, images.shape[1:], *feature_stats(features), description)
+    return _Reference(features, images.shape[1:], *feature_stats(features), description, labels)
 
 
 def main(argv=None):
@@ -190,11 +259,17 @@ def main(argv=None):
                     f'--floor scores the real test split (name its directory with --test-dir): '
                     f'{e}') from e
             images, samples = test.images, f'{args.dataset}/test: {test.source}'
+            labels = test.labels
         else:
             images, samples = load_samples(args.samples), args.samples
+            labels = load_labels(args.samples)
         result = score_images(images[:args.limit], args.dataset,
                               reference_split=args.reference_split, data_dir=args.data_dir,
                               kid_subsets=args.kid_subsets)
+        if labels is not None:  # real images with their classes, or a conditional generator's
+            result.update(conditional_scores(
+                images[:args.limit], labels[:args.limit], args.dataset,
+                reference_split=args.reference_split, data_dir=args.data_dir))
     result = {'samples': samples, **result, 'seconds': round(time.perf_counter() - start, 2)}
     if args.workdir:
         _write_run(args.workdir, result)
@@ -208,6 +283,8 @@ def _write_run(workdir: str, result: dict) -> None:
 
     numbers = {f'scores/{key}': value for key, value in result.items()
                if isinstance(value, (int, float)) and not isinstance(value, bool)}
+    numbers.update({f'scores/fid_class_{k}': v for k, v in
+                    enumerate(result.get('fid_per_class', ()))})
     writer = MetricWriter(workdir)
     writer.scalars(0, numbers, replace=True)  # a rerun in the same workdir keeps one record
     writer.close()

@@ -7,6 +7,14 @@ DCGAN (our design):
               -> Dense 1
 MLP GAN: G 100-256-256-784 (LReLU, tanh out), D 784-256-256-1 (LReLU).
 
+Class-conditional DCGAN (`num_classes` K > 0; both modules then take integer `labels` (B,) after
+their first argument): G's three BatchNorms become conditional batch norm (de Vries et al. 2017;
+BigGAN): the normalisation and running statistics are shared, the scale and shift are looked up
+per class (initialised to 1 and 0, so the initial G is the unconditional one); D is a projection
+discriminator (Miyato & Koyama 2018): logit = Dense(phi(x)) + <embed(y), phi(x)>, phi the flat
+features before the last layer. With K = 0 the modules, their parameters and their names are
+exactly the unconditional ones.
+
 With `fast=True` (the default) the generator's transposed convolutions are the exact fast forms
 in `research/models/fast/convs.py` (same parameters, same function as `nn.ConvTranspose`, measured
 faster on XLA:CPU; see that file); `fast=False` uses `nn.ConvTranspose` itself. The
@@ -33,25 +41,55 @@ def _conv_transpose(features: int, strides: int, name: str, fast: bool) -> nn.Mo
                                  name=name)
 
 
+def _check_labels(module: nn.Module, labels) -> None:
+    """Labels exactly when the module is conditional: a missing or stray argument is a bug."""
+    if (labels is None) != (module.num_classes == 0):
+        raise ValueError(f'{type(module).__name__}(num_classes={module.num_classes}) '
+                         f'{"needs" if module.num_classes else "takes no"} labels')
+
+
+class ConditionalBatchNorm(nn.Module):
+    """BatchNorm whose scale and shift are looked up by class: (x, labels (B,)) -> x."""
+    num_classes: int
+    use_running_average: bool
+    momentum: float = 0.9
+
+    @nn.compact
+    def __call__(self, x, labels):
+        x = nn.BatchNorm(use_running_average=self.use_running_average, momentum=self.momentum,
+                         use_scale=False, use_bias=False)(x)
+        shape = (-1,) + (1,) * (x.ndim - 2) + (x.shape[-1],)
+        scale = nn.Embed(self.num_classes, x.shape[-1], embedding_init=nn.initializers.ones,
+                         name='scale')(labels)
+        shift = nn.Embed(self.num_classes, x.shape[-1], embedding_init=nn.initializers.zeros,
+                         name='shift')(labels)
+        return x * scale.reshape(shape) + shift.reshape(shape)
+
+
 class DCGANGenerator(nn.Module):
     image_shape: tuple[int, int, int] = (28, 28, 1)
     base: int = 256
     fast: bool = True
+    num_classes: int = 0  # K > 0: conditional batch norm, and __call__(z, labels)
 
     @nn.compact
-    def __call__(self, z, *, train: bool):
+    def __call__(self, z, labels=None, *, train: bool):
         h, w, c = self.image_shape
         if h % 4 or w % 4:
             raise ValueError(f'DCGANGenerator upsamples 4x: image_shape {self.image_shape} '
                              'must divide by 4')
-        bn = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9)
+        _check_labels(self, labels)
+        if self.num_classes:
+            bn = lambda x: ConditionalBatchNorm(self.num_classes, not train)(x, labels)
+        else:
+            bn = lambda x: nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
         x = nn.Dense(h // 4 * w // 4 * self.base, use_bias=False, kernel_init=_init)(z)
-        x = nn.leaky_relu(bn()(x), LEAK).reshape(-1, h // 4, w // 4, self.base)
+        x = nn.leaky_relu(bn(x), LEAK).reshape(-1, h // 4, w // 4, self.base)
         # The fast layers' Flax auto names in both modes: initial values derive from the names.
         x = _conv_transpose(self.base // 2, 1, 'FourierConvTranspose_0', self.fast)(x)
-        x = nn.leaky_relu(bn()(x), LEAK)
+        x = nn.leaky_relu(bn(x), LEAK)
         x = _conv_transpose(self.base // 4, 2, 'SubpixelConvTranspose_0', self.fast)(x)
-        x = nn.leaky_relu(bn()(x), LEAK)
+        x = nn.leaky_relu(bn(x), LEAK)
         x = _conv_transpose(c, 2, 'SubpixelConvTranspose_1', self.fast)(x)
         return jnp.tanh(x)
 
@@ -59,13 +97,21 @@ class DCGANGenerator(nn.Module):
 class DCGANDiscriminator(nn.Module):
     width: int = 64
     dropout: float = 0.3
+    num_classes: int = 0  # K > 0: a projection discriminator, __call__(x, labels)
 
     @nn.compact
-    def __call__(self, x, *, train: bool):
+    def __call__(self, x, labels=None, *, train: bool):
+        _check_labels(self, labels)
         for features in (self.width, 2 * self.width):
             x = nn.Conv(features, (5, 5), strides=(2, 2), padding='SAME', kernel_init=_init)(x)
             x = nn.Dropout(self.dropout, deterministic=not train)(nn.leaky_relu(x, LEAK))
-        return nn.Dense(1, kernel_init=_init)(x.reshape(x.shape[0], -1))[:, 0]
+        phi = x.reshape(x.shape[0], -1)
+        logit = nn.Dense(1, kernel_init=_init)(phi)[:, 0]
+        if self.num_classes:
+            embed = nn.Embed(self.num_classes, phi.shape[-1], embedding_init=_init,
+                             name='projection')(labels)
+            logit = logit + jnp.sum(embed * phi, axis=-1)
+        return logit
 
 
 class MLPGenerator(nn.Module):
@@ -97,12 +143,15 @@ class MLPDiscriminator(nn.Module):
 ARCHS = ('dcgan', 'mlp')
 
 
-def make_gan(arch: str, image_shape=(28, 28, 1), *,
-             fast: bool = True) -> tuple[nn.Module, nn.Module]:
+def make_gan(arch: str, image_shape=(28, 28, 1), *, fast: bool = True,
+             num_classes: int = 0) -> tuple[nn.Module, nn.Module]:
     """(generator, discriminator) for an architecture name from ARCHS; `fast` picks the DCGAN
-    generator's kernels (the MLP has none)."""
+    generator's kernels (the MLP has none); `num_classes` K > 0 makes the DCGAN conditional."""
     if arch == 'dcgan':
-        return DCGANGenerator(image_shape=image_shape, fast=fast), DCGANDiscriminator()
+        return (DCGANGenerator(image_shape=image_shape, fast=fast, num_classes=num_classes),
+                DCGANDiscriminator(num_classes=num_classes))
+    if num_classes:
+        raise ValueError(f'only the dcgan architecture is class-conditional, not {arch!r}')
     if arch == 'mlp':
         return MLPGenerator(image_shape=image_shape), MLPDiscriminator()
     raise ValueError(f'unknown GAN architecture {arch!r}; known: {", ".join(ARCHS)}')

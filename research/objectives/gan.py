@@ -17,6 +17,11 @@ The step's schedule is a parameter, not a branch: `critic_steps` n updates D n t
 update, each time on its own n-th of the batch and fresh fakes (WGAN-GP uses 5), and
 `penalty_every` n computes the penalty on every n-th step only, weighted n times (StyleGAN2's
 lazy regularisation, n = 16).
+
+Class-conditional GANs (`num_classes` K > 0): the batch carries integer `label`s; D sees each
+real image with its label and each fake with the class G was asked for, drawn uniformly; the
+penalties take D at the real labels. The sampler and the standing statistics pass any labels
+after z through to G.
 """
 import dataclasses
 import functools
@@ -104,11 +109,21 @@ class GANState:
     g_ema: Any                 # EMA of g_params (a copy of g_params when EMA is off)
 
 
+def _labels(num_classes: int, count: int, key=None) -> tuple:
+    """() for an unconditional GAN, else (count uniform class labels,) (zeros without a key)."""
+    if not num_classes:
+        return ()
+    if key is None:
+        return (jnp.zeros((count,), jnp.int32),)
+    return (jax.random.randint(key, (count,), 0, num_classes),)
+
+
 def init_gan_state(key, generator: nn.Module, discriminator: nn.Module, tx_g, tx_d,
-                   z_dim: int, image_shape) -> GANState:
+                   z_dim: int, image_shape, num_classes: int = 0) -> GANState:
     k_g, k_d, k_rng = jax.random.split(key, 3)
-    g_vars = generator.init(k_g, jnp.zeros((2, z_dim)), train=False)
-    d_vars = discriminator.init(k_d, jnp.zeros((2, *image_shape)), train=False)
+    labels = _labels(num_classes, 2)
+    g_vars = generator.init(k_g, jnp.zeros((2, z_dim)), *labels, train=False)
+    d_vars = discriminator.init(k_d, jnp.zeros((2, *image_shape)), *labels, train=False)
     g_params, d_params = g_vars['params'], d_vars['params']
     return GANState(
         step=jnp.zeros((), jnp.int32), rng=k_rng,
@@ -135,8 +150,9 @@ def _check_schedule(loss, penalty, penalty_weight, penalty_every, critic_steps, 
 def make_gan_step(generator: nn.Module, discriminator: nn.Module, tx_g, tx_d, *,
                   loss: GANLoss, z_dim: int, penalty: Callable | None = None,
                   penalty_weight: float = 10.0, penalty_every: int = 1, critic_steps: int = 1,
-                  ema_decay: float = 0.0):
-    """Returns the pure step(state, batch) -> (state, metrics); batch['image'] is uint8 NHWC.
+                  ema_decay: float = 0.0, num_classes: int = 0):
+    """Returns the pure step(state, batch) -> (state, metrics); batch['image'] is uint8 NHWC
+    (and batch['label'] int, for `num_classes` > 0).
 
     `critic_steps` D updates (each on its own slice of the batch, so the batch must divide by
     it), then one G update against the updated D. The discriminator sees real and fake images
@@ -148,35 +164,39 @@ def make_gan_step(generator: nn.Module, discriminator: nn.Module, tx_g, tx_d, *,
     """
     _check_schedule(loss, penalty, penalty_weight, penalty_every, critic_steps, ema_decay)
 
-    def generate(g_params, batch_stats, z):
-        return generator.apply({'params': g_params, 'batch_stats': batch_stats}, z,
+    def generate(g_params, batch_stats, z, *labels):
+        return generator.apply({'params': g_params, 'batch_stats': batch_stats}, z, *labels,
                                train=True, mutable=['batch_stats'])
 
-    def discriminate(d_params, x, key):
-        return discriminator.apply({'params': d_params}, x, train=True, rngs={'dropout': key})
+    def discriminate(d_params, x, labels, key):
+        return discriminator.apply({'params': d_params}, x, *labels, train=True,
+                                   rngs={'dropout': key})
 
-    def penalty_term(d_params, real, fake, keys, step):
-        d_fn = lambda x: discriminate(d_params, x, keys[0])
+    def penalty_term(d_params, real, labels, fake, keys, step):
+        d_fn = lambda x: discriminate(d_params, x, labels, keys[0])
         if penalty_every == 1:
             return penalty(d_fn, real, fake, keys[1])
         return jax.lax.cond(step % penalty_every == 0,
                             lambda: penalty(d_fn, real, fake, keys[1]) * penalty_every,
                             lambda: jnp.zeros((), jnp.float32))
 
-    def critic_step(state, d_params, d_opt_state, real, keys):
+    def critic_step(state, d_params, d_opt_state, real, real_labels, keys):
         """One D update on `real` and as many fresh fakes; keys: fakes, dropout, penalty (2)."""
         n = real.shape[0]
         # The generator's running stats are left to the generator update, which sees the same
         # distribution.
         z = jax.random.normal(keys[0], (n, z_dim))
-        fake = jax.lax.stop_gradient(generate(state.g_params, state.g_batch_stats, z)[0])
+        fake_labels = _labels(num_classes, n, jax.random.fold_in(keys[0], 1))
+        fake = jax.lax.stop_gradient(
+            generate(state.g_params, state.g_batch_stats, z, *fake_labels)[0])
+        labels = tuple(jnp.concatenate(pair) for pair in zip(real_labels, fake_labels))
 
         def d_objective(d_params):
-            logits = discriminate(d_params, jnp.concatenate([real, fake]), keys[1])
+            logits = discriminate(d_params, jnp.concatenate([real, fake]), labels, keys[1])
             d_loss = loss.discriminator(logits[:n], logits[n:])
             aux = {'d_real_logit': jnp.mean(logits[:n]), 'd_fake_logit': jnp.mean(logits[n:])}
             if penalty is not None:
-                value = penalty_term(d_params, real, fake, keys[2:4], state.step)
+                value = penalty_term(d_params, real, real_labels, fake, keys[2:4], state.step)
                 d_loss, aux['gradient_penalty'] = d_loss + penalty_weight * value, value
             return d_loss, aux
 
@@ -188,6 +208,7 @@ def make_gan_step(generator: nn.Module, discriminator: nn.Module, tx_g, tx_d, *,
         base = jax.random.fold_in(state.rng, state.step)
         keys = jax.random.split(base, 6)
         real = images_to_float(batch['image'])
+        real_labels = (batch['label'].astype(jnp.int32),) if num_classes else ()
         if real.shape[0] % critic_steps:
             raise ValueError(f'batch of {real.shape[0]} does not split into '
                              f'critic_steps={critic_steps} equal parts')
@@ -197,15 +218,18 @@ def make_gan_step(generator: nn.Module, discriminator: nn.Module, tx_g, tx_d, *,
         for i in range(critic_steps):  # unrolled: a handful of steps
             critic_keys = keys[:4] if i == 0 else jax.random.split(jax.random.fold_in(base, i), 4)
             d_params, d_opt_state, d_metrics = critic_step(
-                state, d_params, d_opt_state, real[i * n:(i + 1) * n], critic_keys)
+                state, d_params, d_opt_state, real[i * n:(i + 1) * n],
+                tuple(y[i * n:(i + 1) * n] for y in real_labels), critic_keys)
             per_critic_step.append(d_metrics)
         metrics = jax.tree.map(lambda *v: functools.reduce(jnp.add, v) / len(v), *per_critic_step)
 
         # Generator update against the updated discriminator.
+        fake_labels = _labels(num_classes, n, jax.random.fold_in(keys[4], 1))
+
         def g_objective(g_params):
             fake, mutated = generate(g_params, state.g_batch_stats,
-                                     jax.random.normal(keys[4], (n, z_dim)))
-            return loss.generator(discriminate(d_params, fake, keys[5])), mutated
+                                     jax.random.normal(keys[4], (n, z_dim)), *fake_labels)
+            return loss.generator(discriminate(d_params, fake, fake_labels, keys[5])), mutated
 
         (g_loss, mutated), g_grads = jax.value_and_grad(g_objective, has_aux=True)(state.g_params)
         g_updates, g_opt_state = tx_g.update(g_grads, state.g_opt_state, state.g_params)
@@ -223,8 +247,8 @@ def make_gan_step(generator: nn.Module, discriminator: nn.Module, tx_g, tx_d, *,
 
 
 def make_standing_stats(generator: nn.Module):
-    """Jitted (g_params, batch_stats, z) -> BatchNorm statistics that match `g_params`: those of
-    G's own activations on the batch z (BigGAN's "standing statistics").
+    """Jitted (g_params, batch_stats, z[, labels]) -> BatchNorm statistics that match
+    `g_params`: those of G's own activations on the batch z (BigGAN's "standing statistics").
 
     The running averages in the train state follow the live generator's weights; sampling from
     an EMA of the weights needs statistics of the EMA's activations. A train-mode pass updates
@@ -233,21 +257,24 @@ def make_standing_stats(generator: nn.Module):
     momentum m.
     """
     @jax.jit
-    def standing(g_params, batch_stats, z):
-        def updated(fill, z):
+    def standing(g_params, batch_stats, z, *labels):
+        def updated(fill, z, *labels):
             old = jax.tree.map(lambda a: jnp.full_like(a, fill), batch_stats)
-            _, mutated = generator.apply({'params': g_params, 'batch_stats': old}, z,
+            _, mutated = generator.apply({'params': g_params, 'batch_stats': old}, z, *labels,
                                          train=True, mutable=['batch_stats'])
             return mutated['batch_stats']
-        momentum = jax.tree.map(jnp.subtract, updated(1.0, z[:2]), updated(0.0, z[:2]))
-        return jax.tree.map(lambda a, m: a / (1.0 - m), updated(0.0, z), momentum)
+        momentum = jax.tree.map(jnp.subtract, updated(1.0, z[:2], *(y[:2] for y in labels)),
+                                updated(0.0, z[:2], *(y[:2] for y in labels)))
+        return jax.tree.map(lambda a, m: a / (1.0 - m), updated(0.0, z, *labels), momentum)
     return standing
 
 
 def make_sampler(generator: nn.Module):
-    """Jitted (g_params, batch_stats, z) -> uint8 [0, 255] NHWC samples, eval mode (running BN)."""
+    """Jitted (g_params, batch_stats, z[, labels]) -> uint8 [0, 255] NHWC samples, eval mode
+    (running BN)."""
     @jax.jit
-    def sample(g_params, batch_stats, z):
-        x = generator.apply({'params': g_params, 'batch_stats': batch_stats}, z, train=False)
+    def sample(g_params, batch_stats, z, *labels):
+        x = generator.apply({'params': g_params, 'batch_stats': batch_stats}, z, *labels,
+                            train=False)
         return jnp.round((jnp.clip(x, -1, 1) + 1) * 127.5).astype(jnp.uint8)
     return sample
