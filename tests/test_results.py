@@ -113,14 +113,19 @@ def test_each_table_takes_its_own_records_and_cells_and_all_must_be_in_the_readm
                'kid': '{kid:.1f}', 'classifier_score': 'x | y', 'metrics': {'fid': 117.06,
                                                                           'kid': 29.94},
                'run': run}
-    records = [('a.json', main), ('b.json', samples)]
+    family = {'table': 'families', 'experiment': 'DCGAN', 'command': 'c', 'wall_time': '{wall}',
+              'fid': '{fid:.1f}', 'kid': '{kid:.1f}', 'classifier_score': 's',
+              'likelihood': 'none', 'metrics': {'fid': 117.06, 'kid': 29.94}, 'run': run}
+    records = [('a.json', main), ('b.json', samples), ('c.json', family)]
+    assert results.table('families', records).splitlines()[3] == (
+        '| DCGAN | `c` | 1 min 01 s | 117.1 | 29.9 | s | none |')
     assert results.table('samples', records).splitlines()[1:-1] == [
         '| what is scored (10,000 images unless said) | FID | KID | classifier score |',
         '|---|---|---|---|', '| GAN samples | 117.06 | 29.9 | x \\| y |']
     assert results.table('results', records).splitlines()[3] == (
         '| GAN | `c` | d | 2 cores (Intel Xeon) | 1 min 01 s | FID 117.1 |')
     readme = '\n'.join(f'{results._begin(t)}\nold\n{results.END}'
-                        for t in ('results', 'samples', 'judges'))
+                        for t in ('results', 'samples', 'families', 'judges'))
     new = results.rewrite('intro\n' + readme + '\nend', records)
     assert new.startswith('intro\n' + results.table('results', records)) and 'old' not in new
     assert '| MNIST | `python -m experiments.classifier --config=experiments/classifier.py:' \
@@ -132,7 +137,7 @@ def test_each_table_takes_its_own_records_and_cells_and_all_must_be_in_the_readm
 def test_a_record_naming_an_unknown_table_or_lacking_a_cell_is_refused(tmp_path):
     (tmp_path / 'a.json').write_text(json.dumps({'table': 'speed', 'metrics': {}}))
     with pytest.raises(InputError, match=r"a\.json: table 'speed' is not one of results, "
-                                         r"samples"):
+                                         r"samples, families"):
         results.read_records(str(tmp_path))
     (tmp_path / 'a.json').write_text(json.dumps({'table': 'samples', 'experiment': 'e',
                                                  'fid': 'f', 'module': 'm', 'metrics': {},

@@ -6,9 +6,9 @@ check against the code each row exercises.
     python -m research.report.results record runs/gan_mnist results/01_dcgan.json
                                                        # a record's run and metrics from its workdir
 
-A record names its `table` (TABLES: 'results' by default, or 'samples') and holds that table's
-cells as words (for 'results': `experiment`, `command`, `data`, `hardware`, `wall_time` and
-`result`), whose `{name:format}` fields are filled from `metrics`: a key of metrics.jsonl, or
+A record names its `table` (TABLES: 'results' by default, 'samples' or 'families') and holds
+that table's cells as words (for 'results': `experiment`, `command`, `data`, `hardware`,
+`wall_time` and `result`), whose `{name:format}` fields are filled from `metrics`: a key of metrics.jsonl, or
 FILE.json/path/in/it for another JSON file of the workdir; `{wall}` is the run's wall time and
 `{machine}` the CPU it ran on (run_info.json's cpu_model). It
 names the `module` it runs, and holds `run`: the commit (and whether the tree was dirty), date,
@@ -45,6 +45,9 @@ TABLES = {
                 ('hardware', 'hardware'), ('wall time', 'wall_time'), ('result', 'result')),
     'samples': (('what is scored (10,000 images unless said)', 'experiment'), ('FID', 'fid'),
                 ('KID', 'kid'), ('classifier score', 'classifier_score')),
+    'families': (('generator, default preset', 'experiment'), ('command', 'command'),
+                 ('wall time', 'wall_time'), ('FID', 'fid'), ('KID', 'kid'),
+                 ('classifier score', 'classifier_score'), ('likelihood', 'likelihood')),
 }
 JUDGES_TABLE = ('judge', 'recipe (fixed seed)',
                 'trained on / tested on', 'test accuracy', 'weights (sha256)')
