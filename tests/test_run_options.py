@@ -72,8 +72,11 @@ def cache_entries(directory):
 @pytest.fixture(scope='module')
 def runs(tiny_mnist_env, tmp_path_factory):
     tmp = tmp_path_factory.mktemp('options')
+    # every program cached, however long it took to compile, so that the listing does not
+    # depend on how busy the machine was (at the default 0.1 s a small program can land on
+    # either side of the threshold)
     env = {**tiny_mnist_env, 'DEEPGEN_CACHE_DIR': str(tmp / 'cache'), 'WANDB_MODE': 'offline',
-           'WANDB_SILENT': 'true'}
+           'WANDB_SILENT': 'true', 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0'}
     out = {}
     for name, workdir in (('first', 'a'), ('second', 'b'), ('again', 'a')):
         done = subprocess.run([sys.executable, *MLP_GAN, f'--workdir={tmp / workdir}'], cwd=REPO,

@@ -10,7 +10,10 @@ the jax/jaxlib versions, so a stale entry is never loaded; delete the directory 
 its space.
 
 Programs that compile in under MIN_COMPILE_S are not cached (JAX's default, 1 s, would skip
-most of ours on an accelerator, while eager ops, ~1 ms each, would flood the directory).
+most of ours on an accelerator, while eager ops, ~1 ms each, would flood the directory). JAX's
+own JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS, when set, stands instead (0 caches every
+program, eager ops included, so that what is cached no longer depends on how busy the machine
+was while it compiled).
 """
 import os
 
@@ -56,6 +59,7 @@ def configure(environ=None) -> str | None:
         return None
     jax.config.update('jax_enable_compilation_cache', True)
     jax.config.update('jax_compilation_cache_dir', directory)
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', MIN_COMPILE_S)
+    if 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS' not in os.environ:
+        jax.config.update('jax_persistent_cache_min_compile_time_secs', MIN_COMPILE_S)
     jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
     return directory
