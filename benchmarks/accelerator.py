@@ -11,15 +11,21 @@ utilisation (`mfu`, against the device's dense bf16 peak). The fused rows time K
 dispatch against one (`benchmarks.bench_scale fused`), the population rows N vmapped members
 against one (`bench_scale population`). The table also names the device, its count, the jax
 version, the date and the commit. `--smoke` keeps every row but runs each for a few steps at a
-small batch: it checks that the command works, its numbers mean nothing.
+small batch: it checks that the command works, its numbers mean nothing. `--precision f32 bf16`
+(the default) times every model row both ways (bf16: `--config.train.precision=bf16`, the
+bfloat16 matmul inputs that a GPU's or TPU's matrix units run fastest; on a CPU only emulated);
+the variants run in float32. Each row is printed to stderr as it is done, so a run cut short
+still shows what it measured.
 """
 import json
+import sys
 import time
 
 import jax
 
 from benchmarks import bench, bench_scale
 from research import errors
+from research.train import precision as precision_lib
 from research.train.run_info import git_commit
 
 # (model, batch, steps per timed repetition): the README's speed-table settings; on an
@@ -31,27 +37,34 @@ VARIANTS = (('fused', 'mlpgan'), ('fused', 'vae'), ('population', 'mlpgan'),
 SMOKE = dict(batch=4, steps=2, repeats=1, warmup=1, k=2, members=2)
 
 
-def table(smoke: bool = False, only: tuple = ()) -> dict:
-    """The whole table: every model, then every variant (or those named in `only`)."""
+def table(smoke: bool = False, only: tuple = (), precisions: tuple = ('f32', 'bf16')) -> dict:
+    """The whole table: every model in each precision, then every variant (or those named in
+    `only`)."""
     start = time.time()
     rows = []
+
+    def done(row):
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+
     for model, batch, steps in MODELS:
         if only and model not in only:
             continue
         if smoke:
             batch, steps = min(batch, SMOKE['batch']), SMOKE['steps']
         repeats, warmup = (SMOKE['repeats'], SMOKE['warmup']) if smoke else (5, 3)
-        rows.append(bench.measure(model, batch, steps, repeats, warmup))
+        for precision in precisions:
+            done(bench.measure(model, batch, steps, repeats, warmup, precision=precision))
     for bench_name, model in VARIANTS:
         if only and f'{bench_name}-{model}' not in only:
             continue
         size = dict(steps=SMOKE['steps'], repeats=1) if smoke else dict(steps=100, repeats=5)
         batch = SMOKE['batch'] if smoke else 32
         if bench_name == 'fused':
-            rows.append(bench_scale.fused(model, batch, SMOKE['k'] if smoke else 10, **size))
+            done(bench_scale.fused(model, batch, SMOKE['k'] if smoke else 10, **size))
         else:
-            rows.append(bench_scale.populations(model, batch, SMOKE['members'] if smoke else 8,
-                                                **size))
+            done(bench_scale.populations(model, batch, SMOKE['members'] if smoke else 8,
+                                         **size))
     device = jax.devices()[0]
     return {'date': time.strftime('%Y-%m-%d', time.gmtime(start)), 'commit': git_commit(),
             'device': device.device_kind, 'platform': device.platform,
@@ -67,9 +80,11 @@ def main(argv=None):
     names = [m for m, _, _ in MODELS] + [f'{b}-{m}' for b, m in VARIANTS]
     parser.add_argument('--only', nargs='+', choices=names, default=(),
                         help='these rows only')
+    parser.add_argument('--precision', nargs='+', choices=precision_lib.PRECISIONS,
+                        default=('f32', 'bf16'), help='each model row in each of these')
     args = parser.parse_args(argv)
     with errors.reported():
-        result = table(args.smoke, tuple(args.only))
+        result = table(args.smoke, tuple(args.only), tuple(args.precision))
         text = json.dumps(result, indent=1)
         if args.out:
             with open(args.out, 'w', encoding='utf-8') as f:

@@ -20,7 +20,9 @@ decay on a fixed random binary batch, non-persistent (CD-1) as in the PyTorch re
 `flops_per_step` counts the step's matmul and convolution FLOPs from its jaxpr
 (research.train.flops), `flops_per_s` is that times the step rate, and `mfu` the model FLOP
 utilisation where the device's peak is known (None on a CPU).
-`--kernels plain` times the plain Flax layers instead of the fast ones (research/models/fast).
+`--kernels plain` times the plain Flax layers instead of the fast ones (research/models/fast);
+`--precision bf16` the step as `--config.train.precision=bf16` trains it (research/train/precision:
+bfloat16 operands in every matmul and convolution; on a CPU only emulated, and slower).
 PyTorch eager references of the same networks: `benchmarks/torch_reference.py`.
 """
 import json
@@ -36,6 +38,7 @@ from research import errors
 from research.models.rbm import init_rbm
 from research.objectives.rbm import init_rbm_state, make_cd_step
 from research.train import flops as flops_lib
+from research.train import precision as precision_lib
 
 IMAGE_SHAPE = (28, 28, 1)
 VOCAB = 65  # tiny shakespeare's
@@ -91,8 +94,9 @@ DEFAULT_BATCH = {'transformer': 12}  # nanoGPT's baby-GPT recipe
 
 
 def measure(model: str, batch: int, steps: int, repeats: int, warmup: int,
-            kernels: str = 'auto') -> dict:
+            kernels: str = 'auto', precision: str = 'f32') -> dict:
     state, step, data = MODELS[model](batch, kernels)
+    step = precision_lib.apply(step, precision)
     t0 = time.perf_counter()
     traced = jax.jit(step, donate_argnums=0).trace(state, data)  # traced once: FLOPs, compile
     compiled = traced.lower().compile()
@@ -112,7 +116,7 @@ def measure(model: str, batch: int, steps: int, repeats: int, warmup: int,
     device = jax.devices()[0].device_kind
     mfu = flops_lib.utilisation(counted.flops * rate, device)
     return {'framework': 'jax', 'jax_version': jax.__version__, 'model': model, 'batch': batch,
-            'kernels': kernels, 'steps_per_s': round(rate, 3),
+            'kernels': kernels, 'precision': precision, 'steps_per_s': round(rate, 3),
             'examples_per_s': round(rate * batch, 1), 'compile_s': round(compile_s, 2),
             'repeats': repeats, 'steps': steps, 'backend': jax.default_backend(),
             'device': device, 'flops_per_step': counted.flops,
@@ -131,12 +135,14 @@ def main(argv=None):
     parser.add_argument('--warmup', type=errors.positive_int, default=3)
     parser.add_argument('--kernels', default='auto', choices=('auto', 'fast', 'plain'),
                         help="the models' layers (research/models/fast)")
+    parser.add_argument('--precision', default='f32', choices=precision_lib.PRECISIONS,
+                        help='matmul and convolution inputs (research/train/precision)')
     args = parser.parse_args(argv)
     if args.batch is None:
         args.batch = DEFAULT_BATCH.get(args.model, 128)
     with errors.reported():
         result = measure(args.model, args.batch, args.steps, args.repeats, args.warmup,
-                         args.kernels)
+                         args.kernels, args.precision)
     print(json.dumps(result), flush=True)
 
 

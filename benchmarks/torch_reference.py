@@ -15,7 +15,8 @@ Setup and run (from the repository root):
     python3 -m venv /work/torchvenv && /work/torchvenv/bin/pip install torch==2.13.0 numpy
     /work/torchvenv/bin/python benchmarks/torch_reference.py \
         {mlpgan,dcgan,vae,rbm,charlstm,transformer} --batch 128 \
-        [--steps 20] [--repeats 5] [--warmup 3] [--threads N] [--profile-layers]
+        [--steps 20] [--repeats 5] [--warmup 3] [--threads N] [--tuned] [--device cuda] \
+        [--profile-layers]
 
 Prints ONE JSON line:
     {"framework": "torch", "torch_version", "model", "batch", "steps_per_s",
@@ -60,6 +61,11 @@ with ``fused=True`` (one kernel per step for all parameters instead of a loop ov
 the DCGAN, the networks and the batch in ``channels_last`` memory format (NHWC, as the JAX
 models hold their images). The networks and the step's contents are the same; compare deepgen
 against the faster of the two.
+
+``--device cuda`` runs it on a GPU (every tensor and parameter made there, through
+``torch.set_default_device``; each timed repetition ends in a ``.item()``, which waits for the
+GPU). There ``--tuned`` also lets float32 matmuls use TF32 (``torch.set_float32_matmul_precision
+('high')``), as XLA's GPU matmuls do by default (cuDNN convolutions use TF32 in PyTorch already).
 
 ``--profile-layers`` (dcgan) additionally prints one JSON line per conv /
 conv-transpose / linear layer with the median forward+backward time of that layer
@@ -371,6 +377,7 @@ def main():
                    help="torch.set_num_threads; default: torch's default")
     p.add_argument("--tuned", action="store_true",
                    help="fused Adam; channels_last for the DCGAN (see above)")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda for a GPU")
     p.add_argument("--profile-layers", action="store_true",
                    help="(dcgan) also print per-layer forward+backward times")
     args = p.parse_args()
@@ -379,6 +386,9 @@ def main():
         torch.set_num_threads(args.threads)
     if args.tuned:
         OPTIMIZER_OPTIONS["fused"] = True
+        if args.device != "cpu":
+            torch.set_float32_matmul_precision("high")
+    torch.set_default_device(args.device)
     torch.manual_seed(0)
 
     if args.profile_layers and args.model != "dcgan":
@@ -423,7 +433,7 @@ def main():
         t0 = time.perf_counter()
         for _ in range(args.steps):
             losses = step(data)
-        for loss in losses:   # eager CPU is synchronous; this is just a sanity touch
+        for loss in losses:   # waits for a GPU; eager CPU is synchronous
             loss.item()
         rates.append(args.steps / (time.perf_counter() - t0))
 
@@ -438,6 +448,7 @@ def main():
         "compile_s": 0.0,
         "threads": torch.get_num_threads(),
         "tuned": args.tuned,
+        "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
         "repeats": args.repeats,
     }), flush=True)
 

@@ -1,7 +1,8 @@
 """The accelerator benchmark command (benchmarks/accelerator.py) in its smoke mode, on one CPU
 device, for the rows whose code every other row shares (a model step through bench.measure, a
-fused and a population variant): each row's numbers hang together, and the MLP GAN's FLOPs are
-the hand count. The whole smoke table (every model and variant) takes about 2.5 CPU-minutes,
+fused and a population variant), the model rows in float32 and bf16: each row's numbers hang
+together, each is printed as it is done, and the MLP GAN's and the RBM's FLOPs are the hand
+counts in both precisions. The whole smoke table (every model and variant) takes about 2.5 CPU-minutes,
 too long for the suite; run it before spending GPU time: python -m benchmarks.accelerator --smoke"""
 import json
 import os
@@ -30,17 +31,22 @@ def test_the_accelerator_bench_in_its_smoke_mode(tmp_path):
     assert (table['platform'], table['device_count'], table['smoke']) == ('cpu', 1, True)
     assert table['commit'] == git_commit()
     rows = table['rows']
-    assert [r.get('bench', r['model']) for r in rows] == ['mlpgan', 'rbm', 'fused', 'population']
-    for row in rows[:2]:
+    assert [(r.get('bench', r['model']), r.get('precision')) for r in rows] == [
+        ('mlpgan', 'f32'), ('mlpgan', 'bf16'), ('rbm', 'f32'), ('rbm', 'bf16'), ('fused', None),
+        ('population', None)]
+    assert [json.loads(line) for line in done.stderr.splitlines()
+            if line.startswith('{')] == rows  # each row as it is done
+    for row in rows[:4]:
         assert row['batch'] == 4 and row['steps'] == 2, row
         assert row['examples_per_s'] == pytest.approx(4 * row['steps_per_s'], rel=0.01)
         assert row['flops_per_s'] == pytest.approx(row['flops_per_step'] * row['steps_per_s'],
                                                    rel=0.01)
         assert row['mfu'] is None  # no peak is known for a CPU
-    assert rows[0]['flops_per_step'] == _mlp_gan_flops(4)  # the bench counts the step it times
+    # the bench counts the step it times, bf16 operands or not
+    assert rows[0]['flops_per_step'] == rows[1]['flops_per_step'] == _mlp_gan_flops(4)
     # CD-1: v0 W, h0 W^T, v1 W and the two outer products of the gradient
-    assert rows[1]['flops_per_step'] == 2 * 4 * 784 * 500 * 5
-    for row in rows[2:]:
+    assert rows[2]['flops_per_step'] == rows[3]['flops_per_step'] == 2 * 4 * 784 * 500 * 5
+    for row in rows[4:]:
         rates = (('fused_examples_per_s', 'single_examples_per_s') if row['bench'] == 'fused'
                  else ('population_examples_per_s', 'one_member_examples_per_s'))
         assert row['speedup'] == pytest.approx(row[rates[0]] / row[rates[1]], rel=0.01), row
