@@ -127,29 +127,29 @@ def run(config: ml_collections.ConfigDict, workdir: str, losses=LOSSES):
     generator, init, step = build(config, train.images.shape[1:], losses)
     sampler, standing = make_sampler(generator), make_standing_stats(generator)
     noise = lambda count, salt: jax.random.normal(jax.random.PRNGKey(salt), (count, z_dim))
-    classes = lambda count: np.arange(count, dtype=np.int32) % k if k else None  # k: all equal
 
-    def samples(state, z, labels=None):  # one member's uint8 samples (of the classes `labels`
-        # for a conditional G), 500 at a time, from G's EMA if kept
+    def classes(count):  # the sampler's label arguments: each class equally often, or none
+        return (np.arange(count, dtype=np.int32) % k,) if k else ()
+
+    def samples(state, z, labels=()):  # one member's uint8 samples of noise z (and of the
+        # classes `labels`, as classes() gives them), 500 at a time, from G's EMA if kept
         weights, stats = state.g_ema if config.ema_decay else state.g_params, state.g_batch_stats
-        cond = lambda y: () if y is None else (y,)
         if config.ema_decay and stats:  # BatchNorm statistics of the EMA's own activations
-            stats = standing(weights, stats, noise(2048, 777), *cond(classes(2048)))
+            stats = standing(weights, stats, noise(2048, 777), *classes(2048))
         z = np.asarray(z)
-        return in_chunks(lambda i: sampler(weights, stats, z[i], *cond(None if labels is None
-                                                                       else labels[i])),
+        return in_chunks(lambda i: sampler(weights, stats, z[i], *(y[i] for y in labels)),
                          np.arange(len(z)), 500)
 
-    scores = lambda images, labels: score_metrics(images, d.name, labels,
+    scores = lambda images, labels: score_metrics(images, d.name, *labels,
                                                   data_dir=d.data_dir or None)
 
     def grid(step, state, out):
         if k:  # a row per class (a row block per member), a noise vector per column
             columns = max(1, round(e.grid ** 0.5))
-            z, labels = np.tile(noise(columns, 1234), (k, 1)), np.repeat(np.arange(k), columns)
+            z, labels = np.tile(noise(columns, 1234), (k, 1)), (np.repeat(np.arange(k), columns),)
         else:  # a row per member
             columns = min(e.grid, 8) if n > 1 else None
-            z, labels = noise(e.grid, 1234)[:columns], None
+            z, labels = noise(e.grid, 1234)[:columns], ()
         images = np.concatenate([samples(s, z, labels) for _, s in population.members(state, n)])
         return {'samples': out.png(f'samples/step_{step:06d}.png',
                                    image_grid(images, columns=columns))}
@@ -160,7 +160,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, losses=LOSSES):
             images = samples(member, noise(e.num_samples, 4321), labels)
             name = f'samples{"_" + prefix[:-1] if prefix else ""}.npz'
             out.npz(name, images=images, step=np.int64(step),
-                    **({'labels': labels} if k else {}))
+                    **({'labels': labels[0]} if k else {}))
             logging.info('wrote %d samples of step %d to %s', len(images), step, out.path(name))
             if config.scores.at_end:
                 logged.update({prefix + key: v for key, v in scores(images, labels).items()})

@@ -14,7 +14,7 @@ import pytest
 
 from research.models.fast import KERNELS, convs, use_fast
 from research.models.fast.recurrent import _chunks
-from research.models.gan import DCGANGenerator
+from research.models.gan import DCGANDiscriminator, DCGANGenerator
 from research.models.recurrent import RecurrentLayer
 from research.models.sequence import CharRNN, RowLSTMClassifier
 from research.models.vae import ConvDecoder
@@ -27,6 +27,8 @@ KINDS = {
     'subpixel': ('SubpixelConvTranspose', lambda k, s, o, bias: nn.ConvTranspose(
         o, (k, k), strides=(s, s), padding='SAME', use_bias=bias)),
     'fourier': ('FourierConvTranspose', lambda k, s, o, bias: nn.ConvTranspose(
+        o, (k, k), strides=(s, s), padding='SAME', use_bias=bias)),
+    'strided': ('StridedConv', lambda k, s, o, bias: nn.Conv(
         o, (k, k), strides=(s, s), padding='SAME', use_bias=bias)),
 }
 
@@ -53,6 +55,17 @@ CASES = {
         (2, 1, (4, 7), 2, 2),
         (1, 1, (4, 4), 2, 3),
         (5, 1, (3, 2), 2, 2),     # kernel larger than the image
+    ],
+    'strided': [
+        (5, 2, (14, 14), 8, 4),   # DCGAN D: 14x14 -> 7x7
+        (5, 2, (28, 28), 1, 3),   # DCGAN D: 28x28 -> 14x14
+        (5, 2, (7, 7), 3, 2),     # odd sizes: 'SAME' pads 2 before, 2 after
+        (4, 2, (6, 5), 3, 2),     # one even and one odd side: other pads per axis
+        (3, 2, (5, 8), 2, 3),
+        (3, 3, (4, 5), 2, 3),
+        (2, 2, (3, 4), 2, 2),
+        (1, 2, (3, 3), 2, 2),
+        (6, 3, (4, 3), 2, 2),     # kernel larger than the image
     ],
 }
 
@@ -98,7 +111,8 @@ def check_against_flax(kind, case, use_bias):
     # Random values everywhere (Flax initialises the bias to zero, which would hide its use).
     params = jax.tree.map(lambda p: rng.standard_normal(p.shape, np.float32), ref_shapes)
 
-    r = rng.standard_normal((2, h * s, w * s, cout), np.float32)
+    out_shape = jax.eval_shape(lambda: ref.apply({'params': params}, x)).shape
+    r = rng.standard_normal(out_shape, np.float32)
 
     @jax.jit  # one compile per case: op by op, every small op would compile separately
     def outputs_and_grads():
@@ -112,7 +126,9 @@ def check_against_flax(kind, case, use_bias):
         return results
 
     (y_ref, (gp_ref, gx_ref)), (y_fast, (gp_fast, gx_fast)) = outputs_and_grads()
-    assert y_ref.shape == r.shape  # the reference is the layer we think it is
+    # the reference is the layer we think it is
+    assert y_ref.shape == ((2, h * s, w * s, cout) if kind != 'strided' else
+                           (2, -(-h // s), -(-w // s), cout))
     assert y_fast.shape == y_ref.shape
     assert_close(y_fast, y_ref, 'outputs')
     assert_close(gx_fast, gx_ref, 'input gradient')
@@ -140,12 +156,17 @@ def test_fourier_conv_transpose_matches_flax(kind, case, use_bias):
     check_against_flax(kind, case, use_bias)
 
 
+@pytest.mark.parametrize('kind, case, use_bias', with_and_without_bias('strided'))
+def test_strided_conv_matches_flax(kind, case, use_bias):
+    check_against_flax(kind, case, use_bias)
+
+
 def test_same_initialisers_as_flax():
     # The same key draws the same initial values: a checkpoint of either layer fits the other.
     kinds = list(KINDS)
     x = jnp.zeros((1, 8, 6, 3))
     key = jax.random.PRNGKey(3)
-    stride = lambda kind: 1 if kind == 'fourier' else 2
+    stride = lambda kind: 1 if kind == 'fourier' else 2  # 'subpixel', 'strided'
     pairs = [(flax_layer(kind, 5, stride(kind), 4, True),
               fast_layer(kind, 5, stride(kind), 4, True)) for kind in kinds]
     init = jax.jit(lambda: [(ref.init(key, x)['params'], fast.init(key, x)['params'])
@@ -213,6 +234,14 @@ def assert_modes_agree(make, args, wrt, **call):
 def test_dcgan_generator_fast_equals_plain_in_train_mode():
     z = jnp.asarray(np.random.default_rng(0).standard_normal((4, 100)), jnp.float32)
     assert_modes_agree(lambda fast: DCGANGenerator(base=16, fast=fast), (z,), (0,), train=True)
+
+
+def test_dcgan_discriminator_fast_equals_plain_in_train_mode():
+    # dropout on: the same mask in both modes (one key); gradients w.r.t. the images too, as the
+    # generator's update takes them
+    images = jnp.asarray(np.random.default_rng(5).uniform(-1, 1, (4, 28, 28, 1)), jnp.float32)
+    assert_modes_agree(lambda fast: DCGANDiscriminator(width=8, fast=fast), (images,), (0,),
+                       train=True)
 
 
 @pytest.mark.parametrize('out_shape, widths', [((28, 28, 2), (64, 32)), ((8, 16, 1), (8, 4, 4))])

@@ -15,15 +15,16 @@ discriminator (Miyato & Koyama 2018): logit = Dense(phi(x)) + <embed(y), phi(x)>
 features before the last layer. With K = 0 the modules, their parameters and their names are
 exactly the unconditional ones.
 
-With `fast=True` (the default) the generator's transposed convolutions are the exact fast forms
-in `research/models/fast/convs.py` (same parameters, same function as `nn.ConvTranspose`, measured
-faster on XLA:CPU; see that file); `fast=False` uses `nn.ConvTranspose` itself. The
+With `fast=True` (the default) the generator's transposed convolutions and the discriminator's
+second convolution are the exact fast forms in `research/models/fast/convs.py` (same parameters,
+same function as `nn.ConvTranspose` and `nn.Conv`, measured faster on XLA:CPU; see that file);
+`fast=False` uses `nn.ConvTranspose` and `nn.Conv` themselves. The
 discriminators return logits, shape (B,); the losses live in `research/objectives/gan.py`.
 """
 import flax.linen as nn
 import jax.numpy as jnp
 
-from research.models.fast.convs import FourierConvTranspose, SubpixelConvTranspose
+from research.models.fast.convs import FourierConvTranspose, StridedConv, SubpixelConvTranspose
 
 LEAK = 0.2
 # DCGAN practice (Radford et al. 2016): weights from N(0, 0.02), BN momentum 0.9.
@@ -39,6 +40,14 @@ def _conv_transpose(features: int, strides: int, name: str, fast: bool) -> nn.Mo
         return FourierConvTranspose(features, 5, use_bias=False, kernel_init=_init, name=name)
     return SubpixelConvTranspose(features, 5, strides, use_bias=False, kernel_init=_init,
                                  name=name)
+
+
+def _conv(features: int, name: str, fast: bool) -> nn.Module:
+    """The discriminator's 5x5 stride-2 'SAME' convolution, plain or with its fast input
+    gradient; nn.Conv's auto names in both modes."""
+    if fast:
+        return StridedConv(features, 5, 2, kernel_init=_init, name=name)
+    return nn.Conv(features, (5, 5), strides=(2, 2), padding='SAME', kernel_init=_init, name=name)
 
 
 def _check_labels(module: nn.Module, labels) -> None:
@@ -98,12 +107,15 @@ class DCGANDiscriminator(nn.Module):
     width: int = 64
     dropout: float = 0.3
     num_classes: int = 0  # K > 0: a projection discriminator, __call__(x, labels)
+    fast: bool = True
 
     @nn.compact
     def __call__(self, x, labels=None, *, train: bool):
         _check_labels(self, labels)
-        for features in (self.width, 2 * self.width):
-            x = nn.Conv(features, (5, 5), strides=(2, 2), padding='SAME', kernel_init=_init)(x)
+        for i, features in enumerate((self.width, 2 * self.width)):
+            # The first layer reads the image (1 channel), where XLA's own input gradient is
+            # the faster (see StridedConv).
+            x = _conv(features, f'Conv_{i}', self.fast and i > 0)(x)
             x = nn.Dropout(self.dropout, deterministic=not train)(nn.leaky_relu(x, LEAK))
         phi = x.reshape(x.shape[0], -1)
         logit = nn.Dense(1, kernel_init=_init)(phi)[:, 0]
@@ -145,11 +157,11 @@ ARCHS = ('dcgan', 'mlp')
 
 def make_gan(arch: str, image_shape=(28, 28, 1), *, fast: bool = True,
              num_classes: int = 0) -> tuple[nn.Module, nn.Module]:
-    """(generator, discriminator) for an architecture name from ARCHS; `fast` picks the DCGAN
-    generator's kernels (the MLP has none); `num_classes` K > 0 makes the DCGAN conditional."""
+    """(generator, discriminator) for an architecture name from ARCHS; `fast` picks the DCGAN's
+    kernels (the MLP has none); `num_classes` K > 0 makes the DCGAN conditional."""
     if arch == 'dcgan':
         return (DCGANGenerator(image_shape=image_shape, fast=fast, num_classes=num_classes),
-                DCGANDiscriminator(num_classes=num_classes))
+                DCGANDiscriminator(num_classes=num_classes, fast=fast))
     if num_classes:
         raise ValueError(f'only the dcgan architecture is class-conditional, not {arch!r}')
     if arch == 'mlp':
