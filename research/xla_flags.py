@@ -2,11 +2,12 @@
 
 `--xla_cpu_experimental_ynn_fusion_type=individual_dot`: XLA:CPU (jaxlib 0.10) hands every dot
 and every convolution to YNNPACK by default; this keeps the dots there and gives the
-convolutions back to XLA's Eigen kernels, which were faster on both machine kinds measured.
-Forward and backward of one layer at batch 128 on a 2-core Intel Xeon (the DCGAN's, ms,
+convolutions back to XLA's Eigen kernels, which were faster where measured. Forward and
+backward of one layer at batch 128 on 2 cores of an AMD EPYC (Zen 5, AVX-512; the DCGAN's, ms,
 YNNPACK against Eigen): the 5x5 256->128 convolution on 7x7 maps 136 against 87, the stride-2
 transposed 128->64 one (sub-pixel form) 63 against 36, the discriminator's 64->128 one 46
 against 26; PyTorch's oneDNN took 82, 34 and 29. The whole DCGAN step ran about 20% faster.
+Not measured on an Intel machine yet.
 Only CPU compilation reads it; GPUs and TPUs ignore it.
 
 A flag already named in the user's own XLA_FLAGS is left as the user set it (for instance
