@@ -74,14 +74,8 @@ def _phase_conv(x, kernel, s: int, pad_lo: tuple[int, int]):
     return y.reshape(n, h, w, s, s, o).transpose(0, 1, 3, 2, 4, 5).reshape(n, h * s, w * s, o)
 
 
-class SubpixelConvTranspose(nn.Module):
-    """`nn.ConvTranspose(features, (k, k), strides=(s, s), padding='SAME')`, computed fast.
-
-    Output pixel (s*i + a) of the transposed convolution reads input pixels i + d through kernel
-    tap s*d + pad_lo - a, where pad_lo is lax's 'SAME' padding of the dilated input. Grouping output
-    pixels by phase a gives one stride-1 convolution per phase, all phases in one call with s*s*O
-    output channels, interleaved back by depth-to-space.
-    """
+class _StridedLayer(nn.Module):
+    """The fields, kernel and bias of a k x k stride-s layer, as the Flax layer it replaces."""
     features: int
     kernel_size: int
     strides: int
@@ -89,16 +83,30 @@ class SubpixelConvTranspose(nn.Module):
     kernel_init: Initializer = nn.initializers.lecun_normal()
     bias_init: Initializer = nn.initializers.zeros_init()
 
+    def kernel(self, in_features: int):
+        k = self.kernel_size
+        return self.param('kernel', self.kernel_init, (k, k, in_features, self.features))
+
+    def biased(self, y):
+        if not self.use_bias:
+            return y
+        return y + self.param('bias', self.bias_init, (self.features,)).astype(y.dtype)
+
+
+class SubpixelConvTranspose(_StridedLayer):
+    """`nn.ConvTranspose(features, (k, k), strides=(s, s), padding='SAME')`, computed fast.
+
+    Output pixel (s*i + a) of the transposed convolution reads input pixels i + d through kernel
+    tap s*d + pad_lo - a, where pad_lo is lax's 'SAME' padding of the dilated input. Grouping output
+    pixels by phase a gives one stride-1 convolution per phase, all phases in one call with s*s*O
+    output channels, interleaved back by depth-to-space.
+    """
+
     @nn.compact
     def __call__(self, x):
-        k, s, o = self.kernel_size, self.strides, self.features
-        c = x.shape[-1]
-        kernel = self.param('kernel', self.kernel_init, (k, k, c, o))
-        pad_lo = _transpose_pad_lo(k, s)
-        y = _phase_conv(x, kernel, s, (pad_lo, pad_lo))
-        if self.use_bias:
-            y = y + self.param('bias', self.bias_init, (o,)).astype(y.dtype)
-        return y
+        pad_lo = _transpose_pad_lo(self.kernel_size, self.strides)
+        return self.biased(_phase_conv(x, self.kernel(x.shape[-1]), self.strides,
+                                       (pad_lo, pad_lo)))
 
 
 def _dft_matrices(h: int, w: int, kh: int, kw: int, crop_h: int, crop_w: int):
@@ -199,7 +207,7 @@ def _strided_conv_bwd(s, residuals, dy):
 strided_conv.defvjp(_strided_conv_fwd, _strided_conv_bwd)
 
 
-class StridedConv(nn.Module):
+class StridedConv(_StridedLayer):
     """`nn.Conv(features, (k, k), strides=(s, s), padding='SAME')`, its input gradient computed
     fast.
 
@@ -211,18 +219,8 @@ class StridedConv(nn.Module):
     own. On a 1-channel input (an image) the phase form was slower (7 ms against 4 for the
     input gradient): keep `nn.Conv` there.
     """
-    features: int
-    kernel_size: int
-    strides: int
-    use_bias: bool = True
-    kernel_init: Initializer = nn.initializers.lecun_normal()
-    bias_init: Initializer = nn.initializers.zeros_init()
 
     @nn.compact
     def __call__(self, x):
-        k, o = self.kernel_size, self.features
-        kernel = self.param('kernel', self.kernel_init, (k, k, x.shape[-1], o))
-        y = strided_conv(x, kernel.astype(x.dtype), self.strides)
-        if self.use_bias:
-            y = y + self.param('bias', self.bias_init, (o,)).astype(y.dtype)
-        return y
+        kernel = self.kernel(x.shape[-1]).astype(x.dtype)
+        return self.biased(strided_conv(x, kernel, self.strides))
