@@ -39,7 +39,7 @@ def test_convolutions_go_to_eigen_and_dots_stay_with_ynnpack():
 
 
 def test_a_flag_the_user_set_is_kept_and_none_is_doubled():
-    ours = f'{FLAG}=individual_dot'
+    ours = f'{FLAG}=-individual_convolution'  # jaxlib's default set, less convolutions
     assert xla_flags.with_flags('') == ours
     assert xla_flags.with_flags('--xla_force_host_platform_device_count=8') == (
         f'--xla_force_host_platform_device_count=8 {ours}')
