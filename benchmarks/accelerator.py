@@ -37,7 +37,8 @@ VARIANTS = (('fused', 'mlpgan'), ('fused', 'vae'), ('population', 'mlpgan'),
 SMOKE = dict(batch=4, steps=2, repeats=1, warmup=1, k=2, members=2)
 
 
-def table(smoke: bool = False, only: tuple = (), precisions: tuple = ('f32', 'bf16')) -> dict:
+def table(smoke: bool = False, only: tuple = (),
+          precisions: tuple = precision_lib.PRECISIONS) -> dict:
     """The whole table: every model in each precision, then every variant (or those named in
     `only`)."""
     start = time.time()
@@ -81,7 +82,8 @@ def main(argv=None):
     parser.add_argument('--only', nargs='+', choices=names, default=(),
                         help='these rows only')
     parser.add_argument('--precision', nargs='+', choices=precision_lib.PRECISIONS,
-                        default=('f32', 'bf16'), help='each model row in each of these')
+                        default=precision_lib.PRECISIONS,
+                        help='each model row in each of these')
     args = parser.parse_args(argv)
     with errors.reported():
         result = table(args.smoke, tuple(args.only), tuple(args.precision))

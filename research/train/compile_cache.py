@@ -59,6 +59,7 @@ def configure(environ=None) -> str | None:
         return None
     jax.config.update('jax_enable_compilation_cache', True)
     jax.config.update('jax_compilation_cache_dir', directory)
+    # os.environ, not `environ`: JAX itself read this variable from the process at import
     if 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS' not in os.environ:
         jax.config.update('jax_persistent_cache_min_compile_time_secs', MIN_COMPILE_S)
     jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)

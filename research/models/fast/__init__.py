@@ -4,7 +4,8 @@ Each kernel here computes the same function with the same parameters (names, sha
 initialisers) as a plain reference that a researcher can read and fork instead:
 
 * `convs.py`: `SubpixelConvTranspose` and `FourierConvTranspose`, for `nn.ConvTranspose` in the
-  DCGAN generator (`research/models/gan.py`) and the conv VAE decoder (`research/models/vae.py`).
+  DCGAN generator (`research/models/gan.py`) and the conv VAE decoder (`research/models/vae.py`);
+  `StridedConv`, for the DCGAN discriminator's second `nn.Conv`.
 * `recurrent.py`: `lstm_scan` and `gru_scan`, LSTM/GRU scans with hand-written backward passes
   and a token path that reads the embedding table inside the scan, for the plain
   `jax.lax.scan` of `lstm_cell`/`gru_cell` in `research/models/recurrent.py`.

@@ -8,7 +8,9 @@ Found by profiling the train step per layer (batch 128, 2 CPU cores):
   layer took 0.86 s forward+backward. The same linear map as one stride-1 convolution with s*s
   times the output channels followed by depth-to-space (the "sub-pixel" form) takes 0.08 s.
 * `FourierConvTranspose`: the stride-1 5x5 256->128 layer on the 7x7 map is the step's largest
-  cost; as a product of small DFTs it runs 1.6x faster forward+backward than XLA's convolution.
+  cost; as a product of small DFTs it ran 1.6x faster forward+backward than XLA's YNNPACK
+  convolution; with the Eigen convolutions of research/xla_flags.py the DCGAN step is as fast
+  with the plain layer (README, "Speed kernels"), and this form stays.
 * `StridedConv`: a stride-2 `nn.Conv` whose input gradient (a convolution over a zero-dilated
   output gradient in JAX's derivative) is done in the sub-pixel form; forward and weight
   gradient unchanged. (A space-to-depth form of the whole layer was measured slower: its weight
