@@ -84,6 +84,8 @@ from torch.nn import functional as F
 
 NOISE_DIM = 100
 LATENT_DIM = 20
+# gan_mnist's default DCGAN (its model.g_width, d_width, d_dropout); --g-width etc. for others
+DCGAN_G_WIDTH, DCGAN_D_WIDTH, DCGAN_D_DROPOUT = 128, 32, 0.0
 
 
 # --------------------------------------------------------------------------- models
@@ -115,35 +117,36 @@ class MLPDiscriminator(nn.Module):
 
 
 class DCGenerator(nn.Module):
-    def __init__(self):
+    def __init__(self, width=DCGAN_G_WIDTH):
         super().__init__()
-        self.fc = nn.Linear(NOISE_DIM, 7 * 7 * 256, bias=False)
-        self.bn0 = nn.BatchNorm1d(7 * 7 * 256)
-        self.deconv1 = nn.ConvTranspose2d(256, 128, 5, stride=1, padding=2, bias=False)
-        self.bn1 = nn.BatchNorm2d(128)
-        self.deconv2 = nn.ConvTranspose2d(128, 64, 5, stride=2, padding=2, output_padding=1,
-                                          bias=False)
-        self.bn2 = nn.BatchNorm2d(64)
-        self.deconv3 = nn.ConvTranspose2d(64, 1, 5, stride=2, padding=2, output_padding=1,
+        self.width = width
+        self.fc = nn.Linear(NOISE_DIM, 7 * 7 * width, bias=False)
+        self.bn0 = nn.BatchNorm1d(7 * 7 * width)
+        self.deconv1 = nn.ConvTranspose2d(width, width // 2, 5, stride=1, padding=2, bias=False)
+        self.bn1 = nn.BatchNorm2d(width // 2)
+        self.deconv2 = nn.ConvTranspose2d(width // 2, width // 4, 5, stride=2, padding=2,
+                                          output_padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width // 4)
+        self.deconv3 = nn.ConvTranspose2d(width // 4, 1, 5, stride=2, padding=2, output_padding=1,
                                           bias=False)
         self.act = nn.LeakyReLU(0.2)
 
     def forward(self, z):
         x = self.act(self.bn0(self.fc(z)))
-        x = x.view(-1, 256, 7, 7)
+        x = x.view(-1, self.width, 7, 7)
         x = self.act(self.bn1(self.deconv1(x)))   # 7x7
         x = self.act(self.bn2(self.deconv2(x)))   # 14x14
         return torch.tanh(self.deconv3(x))        # 28x28
 
 
 class DCDiscriminator(nn.Module):
-    def __init__(self):
+    def __init__(self, width=DCGAN_D_WIDTH, dropout=DCGAN_D_DROPOUT):
         super().__init__()
-        self.conv1 = nn.Conv2d(1, 64, 5, stride=2, padding=2)     # 28 -> 14
-        self.conv2 = nn.Conv2d(64, 128, 5, stride=2, padding=2)   # 14 -> 7
-        self.fc = nn.Linear(128 * 7 * 7, 1)
+        self.conv1 = nn.Conv2d(1, width, 5, stride=2, padding=2)              # 28 -> 14
+        self.conv2 = nn.Conv2d(width, 2 * width, 5, stride=2, padding=2)      # 14 -> 7
+        self.fc = nn.Linear(2 * width * 7 * 7, 1)
         self.act = nn.LeakyReLU(0.2)
-        self.drop = nn.Dropout(0.3)
+        self.drop = nn.Dropout(dropout) if dropout else nn.Identity()
 
     def forward(self, x):
         x = self.drop(self.act(self.conv1(x)))
@@ -350,15 +353,15 @@ def _time_fwd_bwd(layer, x_shape, reps=20, warmup=3):
 
 
 def profile_layers(G, D, batch):
-    B = batch
+    B, g, d = batch, G.width, D.conv1.out_channels
     layers = [
-        ("G.fc Linear(100,12544)", G.fc, (B, NOISE_DIM)),
-        ("G.deconv1 ConvT(256,128,5,s1) 7->7", G.deconv1, (B, 256, 7, 7)),
-        ("G.deconv2 ConvT(128,64,5,s2) 7->14", G.deconv2, (B, 128, 7, 7)),
-        ("G.deconv3 ConvT(64,1,5,s2) 14->28", G.deconv3, (B, 64, 14, 14)),
-        ("D.conv1 Conv(1,64,5,s2) 28->14", D.conv1, (B, 1, 28, 28)),
-        ("D.conv2 Conv(64,128,5,s2) 14->7", D.conv2, (B, 64, 14, 14)),
-        ("D.fc Linear(6272,1)", D.fc, (B, 128 * 7 * 7)),
+        (f"G.fc Linear(100,{49 * g})", G.fc, (B, NOISE_DIM)),
+        (f"G.deconv1 ConvT({g},{g // 2},5,s1) 7->7", G.deconv1, (B, g, 7, 7)),
+        (f"G.deconv2 ConvT({g // 2},{g // 4},5,s2) 7->14", G.deconv2, (B, g // 2, 7, 7)),
+        (f"G.deconv3 ConvT({g // 4},1,5,s2) 14->28", G.deconv3, (B, g // 4, 14, 14)),
+        (f"D.conv1 Conv(1,{d},5,s2) 28->14", D.conv1, (B, 1, 28, 28)),
+        (f"D.conv2 Conv({d},{2 * d},5,s2) 14->7", D.conv2, (B, d, 14, 14)),
+        (f"D.fc Linear({98 * d},1)", D.fc, (B, 2 * d * 7 * 7)),
     ]
     for name, layer, shape in layers:
         ms = round(_time_fwd_bwd(layer, shape), 3)
@@ -380,6 +383,12 @@ def main():
     p.add_argument("--device", default="cpu", help="cpu, or cuda for a GPU")
     p.add_argument("--profile-layers", action="store_true",
                    help="(dcgan) also print per-layer forward+backward times")
+    p.add_argument("--g-width", type=int, default=DCGAN_G_WIDTH,
+                   help="(dcgan) G's channels after its dense layer, gan_mnist's model.g_width")
+    p.add_argument("--d-width", type=int, default=DCGAN_D_WIDTH,
+                   help="(dcgan) D's first channels, gan_mnist's model.d_width")
+    p.add_argument("--d-dropout", type=float, default=DCGAN_D_DROPOUT,
+                   help="(dcgan) D's dropout, gan_mnist's model.d_dropout")
     args = p.parse_args()
 
     if args.threads is not None:
@@ -413,7 +422,8 @@ def main():
         data = torch.randint(0, VOCAB, (args.batch, 64 + 1))
     else:
         gen_cls, disc_cls = GANS[args.model]
-        G, D = gen_cls(), disc_cls()
+        G, D = ((gen_cls(args.g_width), disc_cls(args.d_width, args.d_dropout))
+                if args.model == "dcgan" else (gen_cls(), disc_cls()))
         G.train()
         D.train()
         self_check(G, D, args.batch)

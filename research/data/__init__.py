@@ -30,7 +30,8 @@ from research.data.text import (CorpusChangedError, CorpusUnavailableError, Voca
                                 check_vocab, eval_windows, load_corpus, split_tokens,
                                 vocab_record)
 from research.data.tfds_probe import tfds_available
-from research.data.train_eval import describe, load_splits, load_train_eval, periodic
+from research.data.train_eval import (describe, load_splits, load_train_eval, periodic,
+                                      validation_split)
 from research.data.transforms import binarize, hold_out, images_to_float
 
 __all__ = [
@@ -71,6 +72,7 @@ __all__ = [
     'split_tokens',
     'tfds_available',
     'tfds_usable',
+    'validation_split',
     'vocab_record',
     'write_idx',
 ]

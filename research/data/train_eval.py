@@ -69,14 +69,8 @@ def load_splits(section, seed: int) -> tuple[Split, Split, str]:
         heldout=get('heldout', 0), seed=seed, source=get('source', 'auto'))
     n = get('validation', 0)
     if n:
-        if not 0 < n < len(train.labels):
-            raise ConfigError(f'data.validation={n}: it must be between 0 and the '
-                              f'{len(train.labels):,} training examples ({train.source})')
-        logging.info('selection run: evaluating on %d validation examples carved from the '
-                     'training data; the %s split (%s) is not evaluated', n, name,
-                     evaluation.source)
-        train, evaluation = hold_out(train, n, seed + 1)
-        name = 'validation'
+        logging.info('the %s split (%s) is not evaluated', name, evaluation.source)
+        (train, evaluation), name = validation_split(train, n, seed + 1), 'validation'
     keep = get('train_examples', 0)
     if keep:
         if not 0 < keep < len(train.labels):
@@ -84,6 +78,17 @@ def load_splits(section, seed: int) -> tuple[Split, Split, str]:
                               f'{len(train.labels):,} training examples ({train.source})')
         train = subset(train, keep, seed + 2)
     return (_logged(train, evaluation, name) if n or keep else (train, evaluation, name))
+
+
+def validation_split(train: Split, n: int, seed: int) -> tuple[Split, Split]:
+    """(train, validation): `n` examples carved out of `train` by `seed`, for a selection run
+    (`data.validation=N`), or a ConfigError naming the key when N does not fit."""
+    if not 0 < n < len(train.labels):
+        raise ConfigError(f'data.validation={n}: it must be between 0 and the '
+                          f'{len(train.labels):,} training examples ({train.source})')
+    logging.info('selection run: evaluating on %d validation examples carved from the '
+                 'training data', n)
+    return hold_out(train, n, seed)
 
 
 def periodic(name: str, hooks: list) -> list:

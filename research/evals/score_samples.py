@@ -135,20 +135,24 @@ def conditional_scores(images: np.ndarray, labels: np.ndarray, dataset: str, *,
             'fid_per_class': per_class, 'fid_class_mean': float(np.mean(per_class))}
 
 
-def score_metrics(images: np.ndarray, dataset: str, labels: np.ndarray | None = None,
+def score_metrics(images: np.ndarray, dataset: str, labels: np.ndarray | None = None, *,
+                  prefix: str = 'scores/', reference_labels: np.ndarray | None = None,
                   **kwargs) -> dict:
     """`score_images` as metrics for a training run: {'scores/fid': ..., ...}, scalars only;
-    the judge and the reference data go to the log."""
+    the judge and the reference data go to the log. `prefix` names them ('validation/' for
+    scores against validation images); `reference_labels` go with `reference_images` to the
+    conditional scores."""
     result = score_images(images, dataset, **kwargs)
     logging.info('scored %d samples with the %s judge (sha256 %s...) against %s', result['n'],
                  dataset, result['judge_sha256'][:12], result['reference'])
-    metrics = {f'scores/{key}': result[key] for key in
+    metrics = {prefix + key: result[key] for key in
                ('fid', 'kid', 'kid_std', 'classifier_score', 'classifier_score_std')}
     if labels is not None:  # a conditional generator's samples: how well they match the class
-        per = conditional_scores(images, labels, dataset, **kwargs)
-        metrics['scores/conditional_accuracy'] = per['conditional_accuracy']
-        metrics['scores/fid_class_mean'] = per['fid_class_mean']
-        metrics.update({f'scores/fid_class_{k}': v for k, v in enumerate(per['fid_per_class'])})
+        per = conditional_scores(images, labels, dataset, reference_labels=reference_labels,
+                                 **kwargs)
+        metrics[prefix + 'conditional_accuracy'] = per['conditional_accuracy']
+        metrics[prefix + 'fid_class_mean'] = per['fid_class_mean']
+        metrics.update({f'{prefix}fid_class_{k}': v for k, v in enumerate(per['fid_per_class'])})
     return metrics
 
 

@@ -155,13 +155,18 @@ class MLPDiscriminator(nn.Module):
 ARCHS = ('dcgan', 'mlp')
 
 
-def make_gan(arch: str, image_shape=(28, 28, 1), *, fast: bool = True,
-             num_classes: int = 0) -> tuple[nn.Module, nn.Module]:
+def make_gan(arch: str, image_shape=(28, 28, 1), *, fast: bool = True, num_classes: int = 0,
+             g_width: int = 256, d_width: int = 64,
+             d_dropout: float = 0.3) -> tuple[nn.Module, nn.Module]:
     """(generator, discriminator) for an architecture name from ARCHS; `fast` picks the DCGAN's
-    kernels (the MLP has none); `num_classes` K > 0 makes the DCGAN conditional."""
+    kernels (the MLP has none); `num_classes` K > 0 makes the DCGAN conditional; the DCGAN's
+    G channels (`g_width` after the dense layer), D channels (`d_width`, then twice that) and
+    D dropout are its fields above."""
     if arch == 'dcgan':
-        return (DCGANGenerator(image_shape=image_shape, fast=fast, num_classes=num_classes),
-                DCGANDiscriminator(num_classes=num_classes, fast=fast))
+        return (DCGANGenerator(image_shape=image_shape, base=g_width, fast=fast,
+                               num_classes=num_classes),
+                DCGANDiscriminator(width=d_width, dropout=d_dropout, num_classes=num_classes,
+                                   fast=fast))
     if num_classes:
         raise ValueError(f'only the dcgan architecture is class-conditional, not {arch!r}')
     if arch == 'mlp':
