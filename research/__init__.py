@@ -1,4 +1,5 @@
 """deepgen's library: data, models, objectives, training, evaluations and reports."""
-from research import xla_flags
+from research import host_memory, xla_flags
 
 xla_flags.apply()  # before any JAX backend starts: see research/xla_flags.py
+host_memory.apply()  # freed memory stays in the process: see research/host_memory.py

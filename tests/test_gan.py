@@ -55,6 +55,23 @@ def test_mlp_gan_other_image_shapes():
     assert fake.shape == (4, 8, 12, 3) and logits.shape == (4,)
 
 
+def test_dcgan_widths_and_dropout_are_the_config_s():
+    generator, discriminator = make_gan('dcgan', g_width=32, d_width=8, d_dropout=0.0)
+    key, x = jax.random.PRNGKey(0), jnp.ones((2, 28, 28, 1))
+    g_shapes = jax.eval_shape(lambda: generator.init(key, jnp.zeros((2, Z_DIM)), train=False))
+    kernels = [leaf.shape for path, leaf in jax.tree_util.tree_leaves_with_path(
+        g_shapes['params']) if 'kernel' in jax.tree_util.keystr(path)]
+    assert kernels[0] == (Z_DIM, 7 * 7 * 32) and (32, 16) in [k[-2:] for k in kernels]
+    d_vars = discriminator.init(key, x, train=False)
+    assert d_vars['params']['Dense_0']['kernel'].shape == (7 * 7 * 16, 1)  # 2 x d_width maps
+    # Without dropout D in train mode is D in eval mode; with it (the earlier default) it is not.
+    train = lambda d: d.apply(d_vars, x, train=True, rngs={'dropout': key})
+    np.testing.assert_array_equal(train(discriminator), discriminator.apply(d_vars, x,
+                                                                            train=False))
+    dropped = make_gan('dcgan', g_width=32, d_width=8, d_dropout=0.3)[1]
+    assert not np.allclose(train(dropped), dropped.apply(d_vars, x, train=False))
+
+
 def test_dcgan_generator_rejects_sizes_not_divisible_by_4():
     generator, _ = make_gan('dcgan', (30, 28, 1))
     with pytest.raises(ValueError, match=r'\(30, 28, 1\) must divide by 4'):

@@ -15,16 +15,17 @@ discriminator (Miyato & Koyama 2018): logit = Dense(phi(x)) + <embed(y), phi(x)>
 features before the last layer. With K = 0 the modules, their parameters and their names are
 exactly the unconditional ones.
 
-With `fast=True` (the default) the generator's transposed convolutions and the discriminator's
-second convolution are the exact fast forms in `research/models/fast/convs.py` (same parameters,
-same function as `nn.ConvTranspose` and `nn.Conv`, measured faster on XLA:CPU; see that file);
+With `fast=True` (the default) the generator's stride-2 transposed convolutions and the
+discriminator's second convolution are the exact fast forms in `research/models/fast/convs.py`
+(same parameters, same function as `nn.ConvTranspose` and `nn.Conv`, measured faster on XLA:CPU;
+see that file);
 `fast=False` uses `nn.ConvTranspose` and `nn.Conv` themselves. The
 discriminators return logits, shape (B,); the losses live in `research/objectives/gan.py`.
 """
 import flax.linen as nn
 import jax.numpy as jnp
 
-from research.models.fast.convs import FourierConvTranspose, StridedConv, SubpixelConvTranspose
+from research.models.fast.convs import StridedConv, SubpixelConvTranspose
 
 LEAK = 0.2
 # DCGAN practice (Radford et al. 2016): weights from N(0, 0.02), BN momentum 0.9.
@@ -32,12 +33,11 @@ _init = nn.initializers.normal(0.02)
 
 
 def _conv_transpose(features: int, strides: int, name: str, fast: bool) -> nn.Module:
-    """The generator's 5x5 'SAME' bias-free transposed convolution, plain or in its fast form."""
-    if not fast:
+    """The generator's 5x5 'SAME' bias-free transposed convolution, plain or in its fast form
+    (stride 2 only: at stride 1 XLA's own convolution is the fastest form measured)."""
+    if not fast or strides == 1:
         return nn.ConvTranspose(features, (5, 5), strides=(strides, strides), padding='SAME',
                                 use_bias=False, kernel_init=_init, name=name)
-    if strides == 1:
-        return FourierConvTranspose(features, 5, use_bias=False, kernel_init=_init, name=name)
     return SubpixelConvTranspose(features, 5, strides, use_bias=False, kernel_init=_init,
                                  name=name)
 
@@ -95,6 +95,7 @@ class DCGANGenerator(nn.Module):
         x = nn.Dense(h // 4 * w // 4 * self.base, use_bias=False, kernel_init=_init)(z)
         x = nn.leaky_relu(bn(x), LEAK).reshape(-1, h // 4, w // 4, self.base)
         # The fast layers' Flax auto names in both modes: initial values derive from the names.
+        # (The first is named for the Fourier-domain form it once had, so checkpoints load.)
         x = _conv_transpose(self.base // 2, 1, 'FourierConvTranspose_0', self.fast)(x)
         x = nn.leaky_relu(bn(x), LEAK)
         x = _conv_transpose(self.base // 4, 2, 'SubpixelConvTranspose_0', self.fast)(x)

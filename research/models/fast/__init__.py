@@ -3,8 +3,8 @@
 Each kernel here computes the same function with the same parameters (names, shapes,
 initialisers) as a plain reference that a researcher can read and fork instead:
 
-* `convs.py`: `SubpixelConvTranspose` and `FourierConvTranspose`, for `nn.ConvTranspose` in the
-  DCGAN generator (`research/models/gan.py`) and the conv VAE decoder (`research/models/vae.py`);
+* `convs.py`: `SubpixelConvTranspose`, for the stride-2 `nn.ConvTranspose` in the DCGAN
+  generator (`research/models/gan.py`) and the conv VAE decoder (`research/models/vae.py`);
   `StridedConv`, for the DCGAN discriminator's second `nn.Conv`.
 * `recurrent.py`: `lstm_scan` and `gru_scan`, LSTM/GRU scans with hand-written backward passes
   and a token path that reads the embedding table inside the scan, for the plain

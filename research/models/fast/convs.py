@@ -7,10 +7,6 @@ Found by profiling the train step per layer (batch 128, 2 CPU cores):
   zero-dilated input, three quarters of whose multiplications are by zero; the DCGAN's 128->64
   layer took 0.86 s forward+backward. The same linear map as one stride-1 convolution with s*s
   times the output channels followed by depth-to-space (the "sub-pixel" form) takes 0.08 s.
-* `FourierConvTranspose`: the stride-1 5x5 256->128 layer on the 7x7 map is the step's largest
-  cost; as a product of small DFTs it ran 1.6x faster forward+backward than XLA's YNNPACK
-  convolution; with the Eigen convolutions of research/xla_flags.py the DCGAN step is as fast
-  with the plain layer (README, "Speed kernels"), and this form stays.
 * `StridedConv`: a stride-2 `nn.Conv` whose input gradient (a convolution over a zero-dilated
   output gradient in JAX's derivative) is done in the sub-pixel form; forward and weight
   gradient unchanged. (A space-to-depth form of the whole layer was measured slower: its weight
@@ -109,71 +105,6 @@ class SubpixelConvTranspose(_StridedLayer):
         pad_lo = _transpose_pad_lo(self.kernel_size, self.strides)
         return self.biased(_phase_conv(x, self.kernel(x.shape[-1]), self.strides,
                                        (pad_lo, pad_lo)))
-
-
-def _dft_matrices(h: int, w: int, kh: int, kw: int, crop_h: int, crop_w: int):
-    """Real matrices for a 'SAME' stride-1 correlation done as a product of 2-D DFTs.
-
-    The linear (not circular) convolution of an h x w image with a kh x kw kernel fits in a
-    (h+kh-1) x (w+kw-1) DFT; its nb real-FFT bins are stored as [real parts | imaginary parts].
-    Returns (image -> bins (h*w, 2nb), flipped kernel -> bins (kh*kw, 2nb), bins -> cropped
-    output (2nb, h*w), nb), all derived from numpy's FFT so the conventions cannot drift.
-    """
-    fh, fw = h + kh - 1, w + kw - 1
-    nb = fh * (fw // 2 + 1)
-
-    def to_bins(impulses, n):
-        f = np.fft.rfft2(impulses, s=(fh, fw))
-        return np.concatenate([f.real.reshape(n, nb), f.imag.reshape(n, nb)], 1)
-
-    image = to_bins(np.eye(h * w).reshape(h * w, h, w), h * w)
-    # Correlation = convolution with the flipped kernel.
-    kernel = to_bins(np.eye(kh * kw).reshape(kh * kw, kh, kw)[:, ::-1, ::-1], kh * kw)
-    basis = np.eye(2 * nb)
-    spectra = (basis[:, :nb] + 1j * basis[:, nb:]).reshape(2 * nb, fh, fw // 2 + 1)
-    full = np.fft.irfft2(spectra, s=(fh, fw))
-    back = full[:, crop_h:crop_h + h, crop_w:crop_w + w].reshape(2 * nb, h * w)
-    return [jnp.asarray(m, jnp.float32) for m in (image, kernel, back)] + [nb]
-
-
-class FourierConvTranspose(nn.Module):
-    """`nn.ConvTranspose(features, (k, k), padding='SAME')` (stride 1), computed by DFT.
-
-    Why: the DCGAN's 5x5, 256->128 layer on a 7x7 image is the most expensive op of the step
-    (10 GFLOP forward at batch 128), and XLA:CPU convolutions run it at a fraction of the
-    machine's matmul speed. In the Fourier domain the 25-tap correlation becomes a per-frequency
-    complex matrix product over channels (66 frequencies of an 11x11 real DFT, 2.2 GFLOP), and the
-    DFTs of the tiny images are themselves small matrix products. Same parameters and the same
-    linear map as the Flax layer (exact up to float32 rounding, ~1e-6 relative; tested).
-    """
-    features: int
-    kernel_size: int
-    use_bias: bool = True
-    kernel_init: Initializer = nn.initializers.lecun_normal()
-    bias_init: Initializer = nn.initializers.zeros_init()
-
-    @nn.compact
-    def __call__(self, x):
-        k, o = self.kernel_size, self.features
-        n, h, w, c = x.shape
-        kernel = self.param('kernel', self.kernel_init, (k, k, c, o))
-        # The full linear convolution of the flipped kernel is offset by (k-1) - pad_lo from the
-        # 'SAME' output.
-        crop = (k - 1) - _transpose_pad_lo(k, 1)
-        to_bins, kernel_to_bins, from_bins, nb = _dft_matrices(h, w, k, k, crop, crop)
-        xf = jnp.einsum('bpc,pq->qbc', x.reshape(n, h * w, c), to_bins.astype(x.dtype))
-        xf = jnp.concatenate([xf[:nb], xf[nb:]], -1)  # (nb, n, [re | im] 2c)
-        wf = jnp.einsum('pco,pq->qco', kernel.reshape(k * k, c, o).astype(x.dtype),
-                        kernel_to_bins.astype(x.dtype))
-        wr, wi = wf[:nb], wf[nb:]
-        # (a + ib)(c + id) as one real product: [a | b] @ [[c, d], [-d, c]].
-        wf = jnp.concatenate([jnp.concatenate([wr, wi], -1), jnp.concatenate([-wi, wr], -1)], 1)
-        yf = jnp.einsum('nbc,nco->nbo', xf, wf)  # (nb, n, [re | im] 2o)
-        yf = jnp.concatenate([yf[..., :o], yf[..., o:]], 0)
-        y = jnp.einsum('qbo,qp->bpo', yf, from_bins.astype(x.dtype)).reshape(n, h, w, o)
-        if self.use_bias:
-            y = y + self.param('bias', self.bias_init, (o,)).astype(y.dtype)
-        return y
 
 
 def _same_pads(x, kernel, s: int):
