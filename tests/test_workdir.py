@@ -63,6 +63,7 @@ def test_a_safe_change_is_a_warning(caplog):
 
 def test_a_change_of_state_stops_naming_keys_values_and_the_ways_out():
     old, new = gan_config(), gan_config()
+    old['optim']['lr_d'] = new['optim']['lr_d'] = 2e-4  # a value this test spells, whatever the default
     new['model']['arch'], new['optim']['lr_d'], new['train']['steps'] = 'mlp', 1e-3, 9
     with pytest.raises(UserError) as e:
         workdir.check_resume(old, new, '/runs/x')
