@@ -102,9 +102,9 @@ def num_classes(config: ml_collections.ConfigDict) -> int:
 def build(config: ml_collections.ConfigDict, image_shape, losses=LOSSES):
     """(generator, init(key) -> state, step): what this config trains (benchmarks use it too)."""
     m, l, o, k = config.model, config.loss, config.optim, num_classes(config)
-    widths = dict(g_width=m.g_width, d_width=m.d_width, d_dropout=m.d_dropout)
     generator, discriminator = make_gan(m.arch, image_shape, fast=fast.use_fast(m.kernels),
-                                        num_classes=k, **(widths if m.arch == 'dcgan' else {}))
+                                        num_classes=k, g_width=m.g_width, d_width=m.d_width,
+                                        d_dropout=m.d_dropout)
     # The learning rate lives in the optimizer state, so population members can differ in it.
     adam = lambda lr: optax.inject_hyperparams(optax.adam)(lr, b1=o.b1, b2=o.b2)
     tx_g, tx_d = adam(o.lr_g), adam(o.lr_d)

@@ -157,12 +157,12 @@ ARCHS = ('dcgan', 'mlp')
 
 
 def make_gan(arch: str, image_shape=(28, 28, 1), *, fast: bool = True, num_classes: int = 0,
-             g_width: int = 256, d_width: int = 64,
-             d_dropout: float = 0.3) -> tuple[nn.Module, nn.Module]:
+             g_width: int = DCGANGenerator.base, d_width: int = DCGANDiscriminator.width,
+             d_dropout: float = DCGANDiscriminator.dropout) -> tuple[nn.Module, nn.Module]:
     """(generator, discriminator) for an architecture name from ARCHS; `fast` picks the DCGAN's
     kernels (the MLP has none); `num_classes` K > 0 makes the DCGAN conditional; the DCGAN's
     G channels (`g_width` after the dense layer), D channels (`d_width`, then twice that) and
-    D dropout are its fields above."""
+    D dropout are its fields above (the MLP ignores them)."""
     if arch == 'dcgan':
         return (DCGANGenerator(image_shape=image_shape, base=g_width, fast=fast,
                                num_classes=num_classes),
