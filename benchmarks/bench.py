@@ -93,12 +93,21 @@ MODELS = {'dcgan': lambda b, k: gan_setup('default', b, k),
 DEFAULT_BATCH = {'transformer': 12}  # nanoGPT's baby-GPT recipe
 
 
+def compiler_options(model: str) -> dict:
+    """The XLA options the experiment compiles `model`'s train step with (char_lm's)."""
+    if model in ('charlstm', 'transformer'):
+        return char_lm.compiler_options(char_lm.get_config('lstm' if model == 'charlstm'
+                                                           else 'default'))
+    return {}
+
+
 def measure(model: str, batch: int, steps: int, repeats: int, warmup: int,
             kernels: str = 'auto', precision: str = 'f32') -> dict:
     state, step, data = MODELS[model](batch, kernels)
     step = precision_lib.apply(step, precision)
     t0 = time.perf_counter()
-    traced = jax.jit(step, donate_argnums=0).trace(state, data)  # traced once: FLOPs, compile
+    options = compiler_options(model) or None
+    traced = jax.jit(step, donate_argnums=0, compiler_options=options).trace(state, data)
     compiled = traced.lower().compile()
     compile_s = time.perf_counter() - t0
     for _ in range(warmup):
@@ -116,7 +125,8 @@ def measure(model: str, batch: int, steps: int, repeats: int, warmup: int,
     device = jax.devices()[0].device_kind
     mfu = flops_lib.utilisation(counted.flops * rate, device)
     return {'framework': 'jax', 'jax_version': jax.__version__, 'model': model, 'batch': batch,
-            'kernels': kernels, 'precision': precision, 'steps_per_s': round(rate, 3),
+            'kernels': kernels, 'precision': precision, 'compiler_options': options or {},
+            'steps_per_s': round(rate, 3),
             'examples_per_s': round(rate * batch, 1), 'compile_s': round(compile_s, 2),
             'repeats': repeats, 'steps': steps, 'backend': jax.default_backend(),
             'device': device, 'flops_per_step': counted.flops,

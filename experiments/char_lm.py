@@ -19,7 +19,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from research import data
+from research import data, xla_flags
 from research.evals.lm import make_lm_evaluator
 from research.models import fast
 from research.models.sequence import make_char_model
@@ -112,6 +112,12 @@ def build(config: ml_collections.ConfigDict, vocab_size: int):
     return model, lambda key: init_lm_state(key, model, tx, seq_len), make_lm_step(model, tx)
 
 
+def compiler_options(config: ml_collections.ConfigDict) -> dict:
+    """XLA options for the train step: the Transformer's without YNNPACK where that was measured
+    faster (research.xla_flags.without_ynnpack); the LSTM's and GRU's as jaxlib has them."""
+    return xla_flags.without_ynnpack() if config.model.kind == 'transformer' else {}
+
+
 def run(config: ml_collections.ConfigDict, workdir: str):
     check_config(config)
     text, source = data.load_corpus(config.data.path, config.data.source)  # nothing written yet
@@ -161,7 +167,7 @@ def run(config: ml_collections.ConfigDict, workdir: str):
                pipeline=data.WindowPipeline(train, config.data.seq_len,
                                             config.train.batch_size, config.seed),
                hooks=[loop.Every(config.train.eval_every, validate), loop.Every(s.every, sample)],
-               final=[final], outputs=out)
+               final=[final], outputs=out, compiler_options=compiler_options(config))
     out.print(f'done: samples/, metrics and checkpoints in {out.path()}')
 
 

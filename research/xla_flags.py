@@ -20,7 +20,9 @@ JAX's defaults.
 """
 import os
 
-FLAGS = ('--xla_cpu_experimental_ynn_fusion_type=-individual_convolution',)
+YNN = 'xla_cpu_experimental_ynn_fusion_type'
+FLAGS = (f'--{YNN}=-individual_convolution',)
+_user_named: set[str] = set()  # the flag names the user's own XLA_FLAGS set, seen by apply()
 
 
 def with_flags(xla_flags: str) -> str:
@@ -30,6 +32,53 @@ def with_flags(xla_flags: str) -> str:
     return ' '.join(words + [flag for flag in FLAGS if flag.split('=', 1)[0] not in named])
 
 
-def apply(environ=None) -> None:
+def apply(environ=None, named: set | None = None) -> None:
+    """Adds FLAGS to `environ`'s XLA_FLAGS (default os.environ's), recording in `named`
+    (default: this module's record, which without_ynnpack reads) the flags the user had set."""
     environ = os.environ if environ is None else environ
-    environ['XLA_FLAGS'] = with_flags(environ.get('XLA_FLAGS', ''))
+    named = _user_named if named is None else named
+    xla_flags = environ.get('XLA_FLAGS', '')
+    named.update(word.split('=', 1)[0] for word in xla_flags.split())
+    environ['XLA_FLAGS'] = with_flags(xla_flags)
+
+
+def avx2_without_avx512(cpuinfo: str) -> bool:
+    """Whether /proc/cpuinfo's text describes an x86 CPU with AVX2 and without AVX-512."""
+    for line in cpuinfo.splitlines():
+        if line.startswith('flags'):
+            flags = set(line.split(':', 1)[1].split())
+            return 'avx2' in flags and 'avx512f' not in flags
+    return False
+
+
+def _cpuinfo() -> str:
+    try:
+        with open('/proc/cpuinfo') as f:
+            return f.read()
+    except OSError:  # not Linux: no rule applies
+        return ''
+
+
+def without_ynnpack(backend: str | None = None, cpuinfo: str | None = None,
+                    user_named=None) -> dict:
+    """Per-jit compiler options that keep YNNPACK out of one program, where that was measured
+    faster: `jax.jit(f, compiler_options=without_ynnpack())`, else {} (jaxlib's choice stands).
+
+    The char Transformer's step on 2 cores of an AMD EPYC (Zen 3, AVX2, no AVX-512): YNNPACK's
+    dots took about 48 ms of the baby GPT's step, Eigen's about 22; the whole step ran about
+    1.25x faster without YNNPACK (benchmarks/bench.py transformer, alternating). On a Zen 5 EPYC
+    (AVX-512) YNNPACK's dots were the faster, and the MLP GAN and the RBM lose about 10% without
+    YNNPACK even on Zen 3, so the rule is narrow: the CPU backend, an x86 CPU with AVX2 and no
+    AVX-512, and no --xla_cpu_experimental_ynn_fusion_type in the user's own XLA_FLAGS.
+    """
+    backend = _default_backend() if backend is None else backend
+    cpuinfo = _cpuinfo() if cpuinfo is None else cpuinfo
+    user_named = _user_named if user_named is None else user_named
+    if backend != 'cpu' or f'--{YNN}' in user_named or not avx2_without_avx512(cpuinfo):
+        return {}
+    return {YNN: ''}
+
+
+def _default_backend() -> str:
+    import jax  # here, not at the top: this module runs before JAX starts a backend
+    return jax.default_backend()

