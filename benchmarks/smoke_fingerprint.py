@@ -9,7 +9,7 @@ Each case runs one experiment's smoke preset from the command line, as a user wo
 workdir, then records what the run left behind: every array in samples*.npz (sha256 of the raw
 bytes), every JSON result (results.json, classification.json, vocab.json), the PNG and text
 outputs (sha256), each metrics.jsonl record without its wall-clock keys (`time`,
-`examples_per_s`), and every leaf of the final checkpoint (sha256 of its bytes, and its shape
+`examples_per_s`, `flops_per_s`), and every leaf of the final checkpoint (sha256 of its bytes, and its shape
 and dtype). `compare` prints each difference by case and name, and exits 1 if there is one.
 
 A case is an experiment, a preset and --config overrides. Where a refactor renames a config key
@@ -27,7 +27,7 @@ import numpy as np
 from research import errors
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WALL_CLOCK = ('time', 'examples_per_s')
+WALL_CLOCK = ('time', 'examples_per_s', 'flops_per_s')
 
 # name -> (experiment module, preset, overrides)
 CASES = {

@@ -11,7 +11,9 @@ YNNPACK against Eigen): the 5x5 256->128 convolution on 7x7 maps 136 against 87,
 transposed 128->64 one (sub-pixel form) 63 against 36, the discriminator's 64->128 one 46
 against 26; PyTorch's oneDNN took 82, 34 and 29. The whole DCGAN step ran about 20% faster.
 Not measured on an Intel machine yet.
-Only CPU compilation reads it; GPUs and TPUs ignore it.
+Only CPU compilation reads it; GPUs and TPUs ignore it. One program may go further, for itself
+alone: `without_ynnpack()` gives per-jit compiler options with no YNNPACK at all, where that was
+measured faster (char_lm's Transformer step on AVX2 x86 CPUs without AVX-512).
 
 A flag already named in the user's own XLA_FLAGS is left as the user set it (for instance
 `--xla_cpu_experimental_ynn_fusion_type=` for no YNNPACK at all). JAX reads XLA_FLAGS when it

@@ -3,7 +3,8 @@ device, for the rows whose code every other row shares (a model step through ben
 fused and a population variant), the model rows in float32 and bf16: each row's numbers hang
 together, each is printed as it is done, and the MLP GAN's and the RBM's FLOPs are the hand
 counts in both precisions. The whole smoke table (every model and variant) takes about 2.5 CPU-minutes,
-too long for the suite; run it before spending GPU time: python -m benchmarks.accelerator --smoke"""
+too long for the suite; run it before spending GPU time: python -m benchmarks.accelerator --smoke.
+And benchmarks/smoke_fingerprint.py keeps every logged number but the clock's."""
 import json
 import os
 import subprocess
@@ -63,3 +64,13 @@ def _mlp_gan_flops(batch: int) -> int:
     d_step = 2 * batch * (3 * d - 784 * 256) + batch * g
     g_step = batch * (g + 2 * d + g + (g - 100 * 256))
     return 2 * (d_step + g_step)
+
+
+def test_smoke_fingerprints_leave_out_what_the_clock_decides(tmp_path):
+    # The loop logs `time`, `examples_per_s` and `flops_per_s`; two runs of the same maths
+    # differ in those and in nothing else, so a fingerprint must keep every other key.
+    from benchmarks import smoke_fingerprint
+    record = {'step': 2, 'loss': 0.5, 'time': 1.0, 'examples_per_s': 3.0, 'flops_per_s': 4e9}
+    (tmp_path / 'metrics.jsonl').write_text(json.dumps(record) + '\n')
+    assert smoke_fingerprint.fingerprint(str(tmp_path)) == {
+        'metrics.jsonl': [{'step': 2, 'loss': 0.5}]}
