@@ -83,22 +83,22 @@ def rbm_setup(batch: int, kernels: str, visible: int = 784, hidden: int = 500):
     return state, step, {'v': jnp.asarray(v)}
 
 
+LM_PRESETS = {'charlstm': 'lstm', 'transformer': 'default'}  # char_lm's
 MODELS = {'dcgan': lambda b, k: gan_setup('default', b, k),
           'mlpgan': lambda b, k: gan_setup('mlp', b, k),
           'vae': lambda b, k: vae_setup('default', b, k),
           'convvae': lambda b, k: vae_setup('conv', b, k),
           'rbm': rbm_setup,
-          'charlstm': lambda b, k: lm_setup('lstm', b, k, layers=1),
-          'transformer': lambda b, k: lm_setup('default', b, k)}
+          'charlstm': lambda b, k: lm_setup(LM_PRESETS['charlstm'], b, k, layers=1),
+          'transformer': lambda b, k: lm_setup(LM_PRESETS['transformer'], b, k)}
 DEFAULT_BATCH = {'transformer': 12}  # nanoGPT's baby-GPT recipe
 
 
 def compiler_options(model: str) -> dict:
     """The XLA options the experiment compiles `model`'s train step with (char_lm's)."""
-    if model in ('charlstm', 'transformer'):
-        return char_lm.compiler_options(char_lm.get_config('lstm' if model == 'charlstm'
-                                                           else 'default'))
-    return {}
+    if model not in LM_PRESETS:
+        return {}
+    return char_lm.compiler_options(char_lm.get_config(LM_PRESETS[model]))
 
 
 def measure(model: str, batch: int, steps: int, repeats: int, warmup: int,
@@ -106,8 +106,8 @@ def measure(model: str, batch: int, steps: int, repeats: int, warmup: int,
     state, step, data = MODELS[model](batch, kernels)
     step = precision_lib.apply(step, precision)
     t0 = time.perf_counter()
-    options = compiler_options(model) or None
-    traced = jax.jit(step, donate_argnums=0, compiler_options=options).trace(state, data)
+    options = compiler_options(model)
+    traced = jax.jit(step, donate_argnums=0, compiler_options=options or None).trace(state, data)
     compiled = traced.lower().compile()
     compile_s = time.perf_counter() - t0
     for _ in range(warmup):
@@ -125,7 +125,7 @@ def measure(model: str, batch: int, steps: int, repeats: int, warmup: int,
     device = jax.devices()[0].device_kind
     mfu = flops_lib.utilisation(counted.flops * rate, device)
     return {'framework': 'jax', 'jax_version': jax.__version__, 'model': model, 'batch': batch,
-            'kernels': kernels, 'precision': precision, 'compiler_options': options or {},
+            'kernels': kernels, 'precision': precision, 'compiler_options': options,
             'steps_per_s': round(rate, 3),
             'examples_per_s': round(rate * batch, 1), 'compile_s': round(compile_s, 2),
             'repeats': repeats, 'steps': steps, 'backend': jax.default_backend(),

@@ -94,11 +94,9 @@ def ynn_fusions(compiled) -> int:
 def test_the_step_and_the_fused_steps_compile_with_the_options():
     # A step of two products: jaxlib hands its dots to YNNPACK unless the options say not.
     def step(state, batch):
-        h = jnp.tanh(batch['x'] @ state['w'])
-        loss = jnp.mean((h @ state['w'].T - batch['x']) ** 2)
-        return {'w': state['w'] - 0.1 * jax.grad(
-            lambda w: jnp.mean((jnp.tanh(batch['x'] @ w) @ w.T - batch['x']) ** 2))(state['w'])}, \
-            {'loss': loss}
+        loss, grad = jax.value_and_grad(
+            lambda w: jnp.mean((jnp.tanh(batch['x'] @ w) @ w.T - batch['x']) ** 2))(state['w'])
+        return {'w': state['w'] - 0.1 * grad}, {'loss': loss}
 
     off = {'xla_cpu_experimental_ynn_fusion_type': ''}
     mesh = mesh_lib.data_mesh(jax.devices()[:1])
