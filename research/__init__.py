@@ -3,3 +3,7 @@ from research import host_memory, xla_flags
 
 xla_flags.apply()  # before any JAX backend starts: see research/xla_flags.py
 host_memory.apply()  # freed memory stays in the process: see research/host_memory.py
+
+from research import threefry  # noqa: E402  (after xla_flags: it imports jax)
+
+threefry.apply()  # jax.random's hash unrolled on the CPU too: see research/threefry.py

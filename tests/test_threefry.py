@@ -1,0 +1,78 @@
+"""research/threefry.py: after `import research` jax.random's hash compiles without a while loop
+on the CPU, and every draw is the same, bit for bit, as under jax's own lowering."""
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+from jax.extend.random import threefry_2x32
+
+from conftest import REPO
+from research import threefry
+
+# Draws of every kind the experiments make (and flax's initialisers), eager and jitted, on raw
+# and typed keys: name -> sha256 of the bytes. Run here (unrolled) and in a subprocess (rolled).
+DRAWS = '''
+import hashlib, json, sys
+import research, jax, jax.numpy as jnp, flax.linen as nn
+raw, typed = jax.random.PRNGKey(7), jax.random.key(7)
+draws = {
+    'uniform': lambda k: jax.random.uniform(k, (128, 500)),
+    'uniform_range': lambda k: jax.random.uniform(k, (3, 5, 11), minval=-2.0, maxval=3.0),
+    'normal': lambda k: jax.random.normal(k, (64, 100)),
+    'bernoulli': lambda k: jax.random.bernoulli(k, jnp.linspace(0, 1, 784), (16, 784)),
+    'randint': lambda k: jax.random.randint(k, (1000,), 0, 65),
+    'split': lambda k: jax.random.key_data(jax.random.split(k, 5)),
+    'fold_in': lambda k: jax.random.key_data(jax.random.fold_in(k, 12345)),
+    'permutation': lambda k: jax.random.permutation(k, 5000),
+    'truncated_normal': lambda k: jax.random.truncated_normal(k, -2.0, 2.0, (7, 9)),
+    'dense_init': lambda k: nn.Dense(300).init(k, jnp.zeros((1, 784)))['params']['kernel'],
+}
+digest = lambda x: hashlib.sha256(jax.device_get(x).tobytes()).hexdigest()
+out = {}
+for name, draw in draws.items():
+    for kind, key in (('raw', raw), ('typed', typed)):
+        out[f'{name}/{kind}/eager'] = digest(draw(key))
+        out[f'{name}/{kind}/jit'] = digest(jax.jit(draw)(key))
+lowered = jax.jit(draws['normal']).lower(raw).compile().as_text()
+print(json.dumps({'draws': out, 'while_loop': 'while' in lowered}))
+'''
+
+
+def draws(**env):
+    done = subprocess.run([sys.executable, '-c', DRAWS], cwd=REPO, capture_output=True,
+                          text=True, timeout=300,
+                          env={'PATH': '/usr/bin:/bin', 'JAX_PLATFORMS': 'cpu', **env})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_every_draw_is_the_same_bits_as_under_jaxs_own_lowering():
+    unrolled, rolled = draws(), draws(DEEPGEN_THREEFRY='rolled')
+    assert not unrolled['while_loop'] and rolled['while_loop']  # the two lowerings did run
+    assert unrolled['draws'] == rolled['draws']
+    assert len(rolled['draws']) == 40
+
+
+@pytest.mark.parametrize('key, ctr, expected', [
+    # Random123's known answers for Threefry-2x32-20 (kat_vectors), as jax's own tests use them.
+    ((0x00000000, 0x00000000), (0x00000000, 0x00000000), (0x6b200159, 0x99ba4efe)),
+    ((0xffffffff, 0xffffffff), (0xffffffff, 0xffffffff), (0x1cb996fc, 0xbb002be7)),
+    ((0x13198a2e, 0x03707344), (0x243f6a88, 0x85a308d3), (0xc4923a9c, 0x483df7a0)),
+])
+def test_the_hash_gives_random123s_known_answers(key, ctr, expected):
+    keypair = tuple(jnp.uint32(k) for k in key)
+    out = jax.jit(threefry_2x32)(keypair, jnp.asarray(ctr, jnp.uint32))
+    assert tuple(int(x) for x in out) == expected
+    assert 'while' not in jax.jit(threefry_2x32).lower(
+        keypair, jnp.asarray(ctr, jnp.uint32)).compile().as_text()
+
+
+def test_the_setting_is_checked():
+    assert threefry.choice({}) == 'unrolled'
+    assert threefry.apply({'DEEPGEN_THREEFRY': 'rolled'}) is False
+    with pytest.raises(ValueError, match="DEEPGEN_THREEFRY must be 'unrolled' or 'rolled', "
+                                         "got 'fast'"):
+        threefry.choice({'DEEPGEN_THREEFRY': 'fast'})
