@@ -4,6 +4,9 @@ from research import host_memory, xla_flags
 xla_flags.apply()  # before any JAX backend starts: see research/xla_flags.py
 host_memory.apply()  # freed memory stays in the process: see research/host_memory.py
 
-from research import threefry  # noqa: E402  (after xla_flags: it imports jax)
+from research import errors, threefry  # noqa: E402  (after xla_flags: threefry imports jax)
 
-threefry.apply()  # jax.random's hash unrolled on the CPU too: see research/threefry.py
+try:
+    threefry.apply()  # jax.random's hash unrolled on the CPU too: see research/threefry.py
+except ValueError as error:  # a bad DEEPGEN_THREEFRY: one FATAL line, status 2, as every command
+    errors.exit_with(errors.UserError(str(error)))

@@ -73,6 +73,11 @@ def test_the_hash_gives_random123s_known_answers(key, ctr, expected):
 def test_the_setting_is_checked():
     assert threefry.choice({}) == 'unrolled'
     assert threefry.apply({'DEEPGEN_THREEFRY': 'rolled'}) is False
-    with pytest.raises(ValueError, match="DEEPGEN_THREEFRY must be 'unrolled' or 'rolled', "
-                                         "got 'fast'"):
+    message = "DEEPGEN_THREEFRY must be 'unrolled' or 'rolled', got 'fast'"
+    with pytest.raises(ValueError, match=message):
         threefry.choice({'DEEPGEN_THREEFRY': 'fast'})
+    # Every command imports research first: a bad value stops it there, with one line.
+    done = subprocess.run([sys.executable, '-c', 'import research; print("imported")'], cwd=REPO,
+                          capture_output=True, text=True, timeout=120,
+                          env={'PATH': '/usr/bin:/bin', 'DEEPGEN_THREEFRY': 'fast'})
+    assert (done.returncode, done.stdout, done.stderr) == (2, '', f'FATAL {message}\n')
