@@ -8,11 +8,11 @@ rotation amounts as loop data, and XLA compiles a while loop slowly. `apply()` r
 unrolled form for the CPU as well. The draws are the same bits (the same 20 rounds in the same
 order: `tests/test_threefry.py` compares every sampler's draws with and without it, and
 Random123's known answers); a program around them may round differently where XLA fuses it
-differently (README, "Speed kernels"). Measured on 2 cores of an AMD EPYC (Zen 3), compilation with the persistent
-cache off, three runs each: flow_mnist's smoke-preset init 10.9-12.5 s -> 4.1-5.6 s, the
-default DCGAN's init 3.0-3.9 s -> 1.5-1.9 s; a CD-1 step's 164,000 Bernoulli draws 0.66-0.80
-ms -> 0.36-0.39 ms (the train steps themselves did not get measurably faster: the draws run
-beside the matrix products).
+differently (README, "Speed kernels"). Measured on 2 cores of an AMD EPYC (Zen 3), compilation
+with the persistent cache off, three runs each: flow_mnist's smoke-preset init 10.9-12.5 s ->
+4.1-5.6 s, the default DCGAN's init 3.0-3.9 s -> 1.5-1.9 s; a CD-1 step's 164,000 Bernoulli
+draws 0.66-0.80 ms -> 0.36-0.39 ms (the train steps themselves did not get measurably faster:
+the draws run beside the matrix products).
 
 `DEEPGEN_THREEFRY=rolled` keeps jax's CPU lowering.
 """

@@ -15,7 +15,7 @@ from research import threefry
 # Draws of every kind the experiments make (and flax's initialisers), eager and jitted, on raw
 # and typed keys: name -> sha256 of the bytes. Run here (unrolled) and in a subprocess (rolled).
 DRAWS = '''
-import hashlib, json, sys
+import hashlib, json
 import research, jax, jax.numpy as jnp, flax.linen as nn
 raw, typed = jax.random.PRNGKey(7), jax.random.key(7)
 draws = {
