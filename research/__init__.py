@@ -7,6 +7,6 @@ host_memory.apply()  # freed memory stays in the process: see research/host_memo
 from research import errors, threefry  # noqa: E402  (after xla_flags: threefry imports jax)
 
 try:
-    threefry.apply()  # jax.random's hash unrolled on the CPU too: see research/threefry.py
+    threefry.apply()  # jax.random's hash unrolled in CPU inits: see research/threefry.py
 except ValueError as error:  # a bad DEEPGEN_THREEFRY: one FATAL line, status 2, as every command
     errors.exit_with(errors.UserError(str(error)))

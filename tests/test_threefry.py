@@ -1,5 +1,7 @@
-"""research/threefry.py: after `import research` jax.random's hash compiles without a while loop
-on the CPU, and every draw is the same, bit for bit, as under jax's own lowering."""
+"""research/threefry.py: after `import research` jax.random's hash compiles unrolled on the CPU
+within `threefry.unrolled()` (init programs) and as a while loop elsewhere, and every draw is the
+same, bit for bit, as under jax's own lowering, in each form."""
+import contextlib
 import json
 import subprocess
 import sys
@@ -13,7 +15,9 @@ from conftest import REPO
 from research import threefry
 
 # Draws of every kind the experiments make (and flax's initialisers), eager and jitted, on raw
-# and typed keys: name -> sha256 of the bytes. Run here (unrolled) and in a subprocess (rolled).
+# and typed keys: name -> sha256 of the bytes. Run in subprocesses: under jax's own lowering
+# (DEEPGEN_THREEFRY=rolled), ours as set by default (the loop, outside threefry.unrolled()) and
+# ours unrolled (DEEPGEN_THREEFRY=unrolled: the rule threefry.unrolled() switches to).
 DRAWS = '''
 import hashlib, json
 import research, jax, jax.numpy as jnp, flax.linen as nn
@@ -50,10 +54,28 @@ def draws(**env):
 
 
 def test_every_draw_is_the_same_bits_as_under_jaxs_own_lowering():
-    unrolled, rolled = draws(), draws(DEEPGEN_THREEFRY='rolled')
-    assert not unrolled['while_loop'] and rolled['while_loop']  # the two lowerings did run
-    assert unrolled['draws'] == rolled['draws']
-    assert len(rolled['draws']) == 40
+    jaxs, looped, unrolled = draws(DEEPGEN_THREEFRY='rolled'), draws(), draws(
+        DEEPGEN_THREEFRY='unrolled')
+    # each lowering did run: jax's and our loop have a while loop, our unrolled form has none
+    assert jaxs['while_loop'] and looped['while_loop'] and not unrolled['while_loop']
+    assert len(jaxs['draws']) == 40
+    assert looped['draws'] == jaxs['draws']
+    assert unrolled['draws'] == jaxs['draws']
+
+
+def test_the_block_scopes_the_unrolled_form_to_what_is_lowered_within_it():
+    key = jax.random.PRNGKey(0)
+    hlo = lambda: jax.jit(lambda k: jax.random.uniform(k, (9,))).lower(key).compile().as_text()
+    assert 'while' in hlo()
+    with threefry.unrolled():
+        assert 'while' not in hlo()
+        with threefry.unrolled():  # nested: still unrolled, and after it too
+            assert 'while' not in hlo()
+        assert 'while' not in hlo()
+    assert 'while' in hlo()
+    with pytest.raises(RuntimeError), threefry.unrolled():
+        raise RuntimeError  # an error inside leaves the block
+    assert 'while' in hlo()
 
 
 @pytest.mark.parametrize('key, ctr, expected', [
@@ -63,17 +85,19 @@ def test_every_draw_is_the_same_bits_as_under_jaxs_own_lowering():
     ((0x13198a2e, 0x03707344), (0x243f6a88, 0x85a308d3), (0xc4923a9c, 0x483df7a0)),
 ])
 def test_the_hash_gives_random123s_known_answers(key, ctr, expected):
-    keypair = tuple(jnp.uint32(k) for k in key)
-    out = jax.jit(threefry_2x32)(keypair, jnp.asarray(ctr, jnp.uint32))
-    assert tuple(int(x) for x in out) == expected
-    assert 'while' not in jax.jit(threefry_2x32).lower(
-        keypair, jnp.asarray(ctr, jnp.uint32)).compile().as_text()
+    keypair, counts = tuple(jnp.uint32(k) for k in key), jnp.asarray(ctr, jnp.uint32)
+    for block, loops in ((threefry.unrolled, False), (contextlib.nullcontext, True)):
+        with block():
+            hashed = jax.jit(lambda k, c: threefry_2x32(k, c)).lower(keypair, counts).compile()
+        assert ('while' in hashed.as_text()) is loops
+        assert tuple(int(x) for x in hashed(keypair, counts)) == expected
 
 
 def test_the_setting_is_checked():
-    assert threefry.choice({}) == 'unrolled'
+    assert threefry.choice({}) == 'init'
+    assert threefry.choice({'DEEPGEN_THREEFRY': 'unrolled'}) == 'unrolled'
     assert threefry.apply({'DEEPGEN_THREEFRY': 'rolled'}) is False
-    message = "DEEPGEN_THREEFRY must be 'unrolled' or 'rolled', got 'fast'"
+    message = "DEEPGEN_THREEFRY must be 'init', 'unrolled' or 'rolled', got 'fast'"
     with pytest.raises(ValueError, match=message):
         threefry.choice({'DEEPGEN_THREEFRY': 'fast'})
     # Every command imports research first: a bad value stops it there, with one line.

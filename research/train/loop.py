@@ -51,6 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from research import threefry
 from research.data import Pipeline
 from research.errors import ConfigError, Fatal
 from research.train import (flops as flops_lib, fused, mesh as mesh_lib, precision, run_info,
@@ -305,7 +306,8 @@ def train(config, *, workdir: str, init: Callable, step: Callable, pipeline, see
     # ---- State: the latest checkpoint, else init(PRNGKey(seed), *init_args) ----------------------
     checkpoints = Checkpointer(os.path.join(workdir, 'checkpoints'), schedule.max_to_keep)
     progress = Progress(num_steps)
-    state = jax.jit(init)(jax.random.PRNGKey(seed), *init_args)
+    with threefry.unrolled():  # an init is all draws: unrolled, it compiles faster
+        state = jax.jit(init)(jax.random.PRNGKey(seed), *init_args)
     state = jax.device_put(state, mesh_lib.replicated(mesh))
     restored = checkpoints.restore_latest(state)
     if restored is not None:
