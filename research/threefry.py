@@ -95,8 +95,8 @@ def in_unrolled() -> bool:
     return getattr(_state, 'depth', 0) > 0
 
 
-def _cpu_rule(ctx, *args, everywhere: bool):
-    return (_unrolled_rule if everywhere or in_unrolled() else _rolled_rule)(ctx, *args)
+def _cpu_rule(ctx, *args):
+    return (_unrolled_rule if in_unrolled() else _rolled_rule)(ctx, *args)
 
 
 def choice(environ) -> str:
@@ -114,7 +114,6 @@ def apply(environ=os.environ) -> bool:
     value = choice(environ)
     if value == 'rolled':
         return False
-    mlir.register_lowering(
-        threefry2x32_p, lambda ctx, *args: _cpu_rule(ctx, *args, everywhere=value == 'unrolled'),
-        platform='cpu', inline=False)
+    mlir.register_lowering(threefry2x32_p, _unrolled_rule if value == 'unrolled' else _cpu_rule,
+                           platform='cpu', inline=False)
     return True
