@@ -120,6 +120,31 @@ def save_three(directory):
     return state
 
 
+def test_a_save_on_8_cpu_devices_writes_whole_arrays_and_compiles_nothing(tmp_path):
+    """orbax's replica-parallel write sliced each array into one piece per replica, compiling a
+    program for each (here 3 arrays x 8 replicas); on CPUs each is written whole instead, and
+    restores as it was."""
+    mesh = mesh_lib.data_mesh(jax.devices())
+    assert mesh.size == 8
+    state = jax.device_put({'a': jnp.arange(64.0).reshape(8, 8), 'b': jnp.arange(16.0),
+                            'c': jnp.arange(96, dtype=jnp.int32).reshape(24, 4)},
+                           mesh_lib.replicated(mesh))
+    compiled = []
+    listener = lambda event, seconds, **_: compiled.append(event) if 'backend_compile' in event \
+        else None
+    checkpoints = Checkpointer(str(tmp_path))
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        checkpoints.save(1, state)
+        checkpoints.wait()
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert compiled == []
+    restored = Checkpointer(str(tmp_path)).restore_latest(state)
+    jax.tree.map(np.testing.assert_array_equal, restored, jax.device_get(state))
+    checkpoints.close()
+
+
 def test_a_half_written_checkpoint_is_skipped_with_a_warning(tmp_path, caplog):
     like = save_three(tmp_path)
     (tmp_path / '4.orbax-checkpoint-tmp-1234').mkdir()  # what a kill mid-save leaves

@@ -19,6 +19,12 @@ recomputes the digest of what it read and compares:
 
 Saves are asynchronous: training continues while the arrays are written. Checkpoints written
 before digests existed (one `default` item) restore unverified, with a warning.
+
+Where every device is a CPU, each array is written whole from its first replica instead of a
+slice from each replica (orbax's replica-parallel default, kept on accelerators): slicing
+compiled one small program per array and replica at a run's first save (on 8 CPU devices: 136
+programs and 4.9 s for the flow smoke run, 80 and 4.4 s for the GAN's, 2.4 s for the DBN's, on
+2 cores of a Zen 3 EPYC), and bought nothing, since CPU replicas share one host's memory.
 """
 import hashlib
 import logging as std_logging
@@ -119,9 +125,24 @@ def structure_difference(recorded: dict, like) -> str | None:
     return '; '.join(diffs[:3]) + (f' (and {len(diffs) - 3} more)' if len(diffs) > 3 else '')
 
 
+def write_whole_arrays_on_cpu() -> bool:
+    """Registers orbax's array handler without replica-parallel writes when every device is a
+    CPU (see the module's docstring); returns whether it is so registered."""
+    handler = ocp.type_handlers.get_type_handler(jax.Array)
+    if jax.default_backend() != 'cpu':
+        return False
+    if getattr(handler, '_use_replica_parallel', True):
+        # the same per-host array metadata as orbax's default handler keeps
+        store = getattr(handler, '_array_metadata_store', None)
+        ocp.type_handlers.register_type_handler(jax.Array, ocp.type_handlers.ArrayHandler(
+            use_replica_parallel=False, array_metadata_store=store), override=True)
+    return True
+
+
 class Checkpointer:
 
     def __init__(self, directory: str, max_to_keep: int = 3):
+        write_whole_arrays_on_cpu()
         self.directory = directory if files.is_url(directory) else os.path.abspath(directory)
         self._options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
         self._manager = self._open()
