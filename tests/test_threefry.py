@@ -45,17 +45,23 @@ print(json.dumps({'draws': out, 'while_loop': 'while' in lowered}))
 '''
 
 
-def draws(**env):
-    done = subprocess.run([sys.executable, '-c', DRAWS], cwd=REPO, capture_output=True,
-                          text=True, timeout=300,
-                          env={'PATH': '/usr/bin:/bin', 'JAX_PLATFORMS': 'cpu', **env})
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.splitlines()[-1])
+def start_draws(**env):
+    return subprocess.Popen([sys.executable, '-c', DRAWS], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={'PATH': '/usr/bin:/bin', 'JAX_PLATFORMS': 'cpu', **env})
+
+
+def draws(process):
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err[-3000:]
+    return json.loads(out.splitlines()[-1])
 
 
 def test_every_draw_is_the_same_bits_as_under_jaxs_own_lowering():
-    jaxs, looped, unrolled = draws(DEEPGEN_THREEFRY='rolled'), draws(), draws(
-        DEEPGEN_THREEFRY='unrolled')
+    # the three at once: each is mostly importing and compiling, one core's work
+    started = [start_draws(DEEPGEN_THREEFRY='rolled'), start_draws(),
+               start_draws(DEEPGEN_THREEFRY='unrolled')]
+    jaxs, looped, unrolled = [draws(p) for p in started]
     # each lowering did run: jax's and our loop have a while loop, our unrolled form has none
     assert jaxs['while_loop'] and looped['while_loop'] and not unrolled['while_loop']
     assert len(jaxs['draws']) == 40
