@@ -140,7 +140,9 @@ def test_a_save_on_8_cpu_devices_writes_whole_arrays_and_compiles_nothing(tmp_pa
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
     assert compiled == []
-    restored = Checkpointer(str(tmp_path)).restore_latest(state)
+    checkpoints.close()
+    checkpoints = Checkpointer(str(tmp_path))
+    restored = checkpoints.restore_latest(state)
     jax.tree.map(np.testing.assert_array_equal, restored, jax.device_get(state))
     checkpoints.close()
 

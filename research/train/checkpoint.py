@@ -125,18 +125,17 @@ def structure_difference(recorded: dict, like) -> str | None:
     return '; '.join(diffs[:3]) + (f' (and {len(diffs) - 3} more)' if len(diffs) > 3 else '')
 
 
-def write_whole_arrays_on_cpu() -> bool:
+def write_whole_arrays_on_cpu() -> None:
     """Registers orbax's array handler without replica-parallel writes when every device is a
-    CPU (see the module's docstring); returns whether it is so registered."""
-    handler = ocp.type_handlers.get_type_handler(jax.Array)
+    CPU (see the module's docstring), once per process."""
     if jax.default_backend() != 'cpu':
-        return False
+        return
+    handler = ocp.type_handlers.get_type_handler(jax.Array)
     if getattr(handler, '_use_replica_parallel', True):
         # the same per-host array metadata as orbax's default handler keeps
         store = getattr(handler, '_array_metadata_store', None)
         ocp.type_handlers.register_type_handler(jax.Array, ocp.type_handlers.ArrayHandler(
             use_replica_parallel=False, array_metadata_store=store), override=True)
-    return True
 
 
 class Checkpointer:
