@@ -15,7 +15,8 @@ hyperparameters, the generator's EMA) from gan_mnist's default and mlp presets; 
 (dynamic binarization, ELBO with analytic KL) from vae_mnist's default and conv presets;
 `charlstm` from char_lm's lstm preset with one layer (AdamW, clipping, the lr schedule), on
 (B, 129) random character ids of 65 symbols; `transformer` from char_lm's default preset
-(--batch defaults to nanoGPT's 12). `rbm` is dbn_mnist's CD step with its momentum and weight
+(--batch defaults to nanoGPT's 12); both in a process with char_lm's one malloc arena
+(research/host_memory.py). `rbm` is dbn_mnist's CD step with its momentum and weight
 decay on a fixed random binary batch, non-persistent (CD-1) as in the PyTorch reference.
 `flops_per_step` counts the step's matmul and convolution FLOPs from its jaxpr
 (research.train.flops), `flops_per_s` is that times the step rate, and `mfu` the model FLOP
@@ -34,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import char_lm, dbn_mnist, gan_mnist, vae_mnist
-from research import errors
+from research import errors, host_memory
 from research.models.rbm import init_rbm
 from research.objectives.rbm import init_rbm_state, make_cd_step
 from research.train import flops as flops_lib
@@ -150,6 +151,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.batch is None:
         args.batch = DEFAULT_BATCH.get(args.model, 128)
+    if args.model in LM_PRESETS:  # as char_lm runs, before JAX starts its backend
+        host_memory.one_arena()
     with errors.reported():
         result = measure(args.model, args.batch, args.steps, args.repeats, args.warmup,
                          args.kernels, args.precision)

@@ -19,7 +19,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from research import data, xla_flags
+from research import data, host_memory, xla_flags
 from research.evals.lm import make_lm_evaluator
 from research.models import fast
 from research.models.sequence import make_char_model
@@ -172,4 +172,5 @@ def run(config: ml_collections.ConfigDict, workdir: str):
 
 
 if __name__ == '__main__':  # flags only when run, not when loaded as a config file
+    host_memory.one_arena()  # its steps' temporaries pass 64 MiB: see research/host_memory.py
     cli.main(__file__, 'char_lm', run, check_config)

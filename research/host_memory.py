@@ -7,19 +7,36 @@ kernel maps and zeroes those pages again on every step: the baby GPT's backward 
 temporaries in such a block, and its step ran at 12 steps/s against PyTorch's 15-22 on 2 cores
 of an AMD EPYC (Zen 3). `apply()` (run when `research` is imported) calls glibc's
 `mallopt(M_MMAP_MAX, 0)` and `mallopt(M_TRIM_THRESHOLD, 1 GiB)`: every block comes from the
-heap and freed memory is kept for the next call. The process keeps its peak memory instead of
-handing it back, which a training process reaches again at the next step anyway.
+heap and freed memory is kept for the next call.
 
-It does nothing where the allocator is not glibc's, where `DEEPGEN_MALLOC=default`, or where the
-environment already tunes malloc (`GLIBC_TUNABLES` or a `MALLOC_*` variable): those are the
-user's choice.
+One arena, where a process needs it: `one_arena()` calls `mallopt(M_ARENA_MAX, 1)`, so every
+thread started afterwards allocates from the one main heap. XLA runs programs on threads of its
+own, and glibc gives other threads arenas of their own, whose heaps are at most 64 MiB each; a
+block that does not fit one is mmapped whatever M_MMAP_MAX says, and unmapped on free. So a
+program with 64 MiB of temporaries or more (char_lm's Transformer step at its batch of 16:
+71 MiB; the char LSTM's at 64: 70 MiB) faulted every page of them in again on every call,
+18,000 page faults a step. char_lm calls it first thing (and `benchmarks/bench.py` for the char
+models); `DEEPGEN_MALLOC=one-arena` asks for it in any command. Measured on 2 cores of an AMD
+EPYC (Zen 4): the char_lm process for 150 steps, 3.0 million page faults and 6.6 s of system time
+without it, 0.17 million and 0.8 s with it, its log's 231 examples/s became 360; the char LSTM
+bench step 1.18x (three alternating rounds). It is not the default because the threads then
+share one lock: the small steps lost to it (five alternating rounds of the bench, one arena for
+every process: MLP VAE 0.78x, MLP GAN 0.90x, RBM 0.94x).
+
+The process keeps its peak memory instead of handing it back, which a training process reaches
+again at the next step anyway. Neither does anything where the allocator is not glibc's, where
+`DEEPGEN_MALLOC=default`, or where the environment already tunes malloc (`GLIBC_TUNABLES` or a
+`MALLOC_*` variable): those are the user's choice. Threads that allocated before `one_arena()`
+keep the arenas they have.
 """
 import ctypes
 import os
 import sys
 
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's malloc.h
+M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8  # glibc's malloc.h
 TRIM_THRESHOLD = 1 << 30
+ENV = 'DEEPGEN_MALLOC'
+CHOICES = ('keep', 'one-arena', 'default')  # DEEPGEN_MALLOC's values; unset is 'keep'
 
 
 def _glibc_mallopt():
@@ -34,9 +51,18 @@ def _glibc_mallopt():
         return None
 
 
+def choice(environ) -> str:
+    """DEEPGEN_MALLOC: 'keep' (the default: keep freed memory), 'one-arena' (and one arena) or
+    'default' (glibc's own behaviour)."""
+    value = environ.get(ENV, 'keep')
+    if value not in CHOICES:
+        raise ValueError(f"{ENV} must be 'keep', 'one-arena' or 'default', got {value!r}")
+    return value
+
+
 def wanted(environ) -> bool:
     """Whether to tune malloc: not when the user asked for the default or tunes it already."""
-    if environ.get('DEEPGEN_MALLOC', '') == 'default':
+    if choice(environ) == 'default':
         return False
     return not ('GLIBC_TUNABLES' in environ or any(key.startswith('MALLOC_') for key in environ))
 
@@ -47,4 +73,15 @@ def apply(environ=None) -> bool:
     mallopt = _glibc_mallopt() if wanted(environ) else None
     if mallopt is None:
         return False
-    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    done = [mallopt(M_MMAP_MAX, 0), mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)]
+    if choice(environ) == 'one-arena':
+        done.append(mallopt(M_ARENA_MAX, 1))
+    return all(done)
+
+
+def one_arena(environ=None) -> bool:
+    """Every thread started from now on allocates from the main heap (see above), unless the
+    user's environment says otherwise; True if it did. Call it before JAX starts its backend."""
+    environ = os.environ if environ is None else environ
+    mallopt = _glibc_mallopt() if wanted(environ) else None
+    return mallopt is not None and bool(mallopt(M_ARENA_MAX, 1))
