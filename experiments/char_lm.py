@@ -25,7 +25,7 @@ from research.models import fast
 from research.models.sequence import make_char_model
 from research.models.transformer import POSITIONS
 from research.objectives.lm import init_lm_state, make_generate, make_lm_step
-from research.objectives.optim import adamw
+from research.objectives.optim import adamw, check_warmup
 from research.objectives.state import count_params
 from research.train import cli, loop
 from research.train.outputs import Outputs, save_config
@@ -86,6 +86,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     fast.check_kernels(m.kernels)
     if config.data.holdout < 0:
         raise ValueError(f'data.holdout must be >= 0 characters, got {config.data.holdout}')
+    check_warmup(config.optim.warmup_steps, config.train.steps)
 
 
 def splits(tokens: np.ndarray, holdout: int, seq_len: int):

@@ -33,7 +33,7 @@ from research.evals import classification, judge
 from research.models.classifier import ARCHS, make_classifier
 from research.objectives.classifier import (check_augment, init_classifier_state,
                                             make_classifier_step)
-from research.objectives.optim import adamw
+from research.objectives.optim import adamw, check_warmup
 from research.train import cli, loop
 from research.train.outputs import Outputs, save_config
 
@@ -91,6 +91,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if config.export_judge and config.model.arch != 'judge':
         raise ValueError(f'export_judge needs model.arch=judge (the judges are JudgeCNNs), got '
                          f'{config.model.arch!r}')
+    check_warmup(config.optim.warmup_steps, config.train.steps)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str):

@@ -30,7 +30,7 @@ from research.models import dbn as dbn_lib
 from research.models.classifier import make_classifier
 from research.objectives.classifier import make_classifier_step
 from research.objectives.dbn import init_finetune_state, init_layer_state, make_layer_step, pixels
-from research.objectives.optim import adamw
+from research.objectives.optim import adamw, check_warmup
 from research.objectives.rbm import learning_rate
 from research.objectives.updown import generative_layers, init_updown_state, make_updown_step
 from research.train import cli, loop, transfer
@@ -106,6 +106,8 @@ def check_config(c: ml_collections.ConfigDict) -> None:
         raise ValueError(f'bound.samples must be >= 1 and bound.k >= 0, got samples='
                          f'{c.bound.samples}, k={c.bound.k}')
     learning_rate(c.rbm.lr, c.rbm.lr_decay, c.rbm.steps)  # an unknown decay raises
+    check_warmup(c.finetune.warmup_steps, c.finetune.steps, 'finetune.warmup_steps',
+                 'finetune.steps')
     if c.ais.runs:
         ais.default_betas(c.ais.betas)  # fewer than 4 raises
     phases = [f'rbm_{l + 1}' for l in range(len(c.dbn.hidden))] + ['updown', 'finetune']

@@ -28,6 +28,7 @@ from research.evals.judge import check_judge
 from research.evals.score_samples import score_metrics
 from research.models.unet import UNet
 from research.objectives.flow import METHODS, init_flow_state, make_flow_step, sample
+from research.objectives.optim import check_warmup
 from research.train import cli, loop
 from research.train.images import image_grid
 from research.train.outputs import Outputs, save_config
@@ -67,9 +68,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                          f'last frames), got {s.steps} and {s.timeline}')
     if config.model.channels < 1:
         raise ValueError(f'model.channels must be >= 1, got {config.model.channels}')
-    if not 0 <= config.optim.warmup_steps < config.train.steps:
-        raise ValueError(f'need 0 <= optim.warmup_steps < train.steps, got '
-                         f'{config.optim.warmup_steps} and {config.train.steps}')
+    check_warmup(config.optim.warmup_steps, config.train.steps)
     if config.scores.at_end:
         check_judge(config.data.name, '--config.scores.at_end=False')
 

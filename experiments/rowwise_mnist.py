@@ -25,7 +25,7 @@ from research.models import fast
 from research.models.recurrent import RNN_KINDS
 from research.models.sequence import RowLSTMClassifier
 from research.objectives.classifier import init_classifier_state, make_classifier_step
-from research.objectives.optim import adamw
+from research.objectives.optim import adamw, check_warmup
 from research.train import cli, loop
 from research.train.outputs import Outputs, save_config
 
@@ -60,6 +60,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f'data.name must be mnist or fashion_mnist (28x28 grey images), got '
                          f'{config.data.name!r}')
     fast.check_kernels(config.model.kernels)
+    check_warmup(config.optim.warmup_steps, config.train.steps)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str):

@@ -15,6 +15,13 @@ def _matrices(params):
     return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
+def check_warmup(warmup_steps: int, steps: int, warmup_key: str = 'optim.warmup_steps',
+                 steps_key: str = 'train.steps') -> None:
+    """A warm-up must end before the run does: ValueError naming both config keys if not."""
+    if not 0 <= warmup_steps < steps:
+        raise ValueError(f'need 0 <= {warmup_key} < {steps_key}, got {warmup_steps} and {steps}')
+
+
 def adamw(lr: float, steps: int, *, warmup_steps: int = 0, final_lr: float = 0.0,
           b1: float = 0.9, b2: float = 0.999, weight_decay: float = 0.0, decay: str = 'kernels',
           clip: float = 0.0):
@@ -24,9 +31,7 @@ def adamw(lr: float, steps: int, *, warmup_steps: int = 0, final_lr: float = 0.0
     every parameter of 2 or more dimensions (embeddings and recurrent weights too, nanoGPT's
     rule). `clip` > 0 clips the gradient's global norm first.
     """
-    if not 0 <= warmup_steps < steps:
-        raise ValueError(f'need 0 <= warmup_steps < steps, got warmup_steps={warmup_steps}, '
-                         f'steps={steps}')
+    check_warmup(warmup_steps, steps, 'warmup_steps', 'steps')
     if decay not in DECAY:
         raise ValueError(f'unknown weight decay target {decay!r}; known: {", ".join(DECAY)}')
     schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps, steps,
