@@ -28,7 +28,7 @@ command, and 99.3% the bar such a CNN should pass.
 """
 import ml_collections
 
-from research import data
+from research import data, host_memory
 from research.evals import classification, judge
 from research.models.classifier import ARCHS, make_classifier
 from research.objectives.classifier import (check_augment, init_classifier_state,
@@ -133,4 +133,5 @@ def run(config: ml_collections.ConfigDict, workdir: str):
 
 
 if __name__ == '__main__':  # flags only when run, not when loaded as a config file
+    host_memory.one_arena()  # its CNN step's temporaries pass 64 MiB: see research/host_memory.py
     cli.main(__file__, 'classifier', run, check_config)

@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from research import data
+from research import data, host_memory
 from research.evals.judge import check_judge
 from research.evals.score_samples import score_metrics
 from research.models.unet import UNet
@@ -129,4 +129,5 @@ def run(config: ml_collections.ConfigDict, workdir: str):
 
 
 if __name__ == '__main__':  # flags only when run, not when loaded as a config file
+    host_memory.one_arena()  # its U-Net step's temporaries pass 64 MiB: see research/host_memory.py
     cli.main(__file__, 'flow_mnist', run, check_config)

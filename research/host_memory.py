@@ -14,12 +14,15 @@ thread started afterwards allocates from the one main heap. XLA runs programs on
 own, and glibc gives other threads arenas of their own, whose heaps are at most 64 MiB each; a
 block that does not fit one is mmapped whatever M_MMAP_MAX says, and unmapped on free. So a
 program with 64 MiB of temporaries or more (char_lm's Transformer step at its batch of 16:
-71 MiB; the char LSTM's at 64: 70 MiB) faulted every page of them in again on every call,
-18,000 page faults a step. char_lm calls it first thing (and `benchmarks/bench.py` for the char
-models); `DEEPGEN_MALLOC=one-arena` asks for it in any command. Measured on 2 cores of an AMD
-EPYC (Zen 4): the char_lm process for 150 steps, 3.0 million page faults and 6.6 s of system time
-without it, 0.17 million and 0.8 s with it, its log's 231 examples/s became 360; the char LSTM
-bench step 1.18x (three alternating rounds). It is not the default because the threads then
+71 MiB; the char LSTM's at 64: 70 MiB; the classifier's CNN and flow_mnist's U-Net steps at
+their defaults) faulted every page of them in again on every call, 18,000 to 28,000 page faults
+a step. char_lm, classifier and flow_mnist call it first thing (and `benchmarks/bench.py` for the
+char models); `DEEPGEN_MALLOC=one-arena` asks for it in any command, `keep` leaves it out.
+Measured on 2 cores of an AMD EPYC (Zen 4), whole processes: char_lm for 150 steps, 3.0 million
+page faults and 6.6 s of system time without it, 0.17 million and 0.8 s with it, its log's 231
+examples/s became 360; the classifier for 300 steps 27.2 s against 17.8 (8.5 million page faults
+against 0.18); flow_mnist for 200 steps 95.3 s against 82.9 (328 against 397 examples/s); the
+char LSTM bench step 1.18x (three alternating rounds). It is not the default because the threads then
 share one lock: the small steps lost to it (five alternating rounds of the bench, one arena for
 every process: MLP VAE 0.78x, MLP GAN 0.90x, RBM 0.94x).
 
@@ -52,8 +55,9 @@ def _glibc_mallopt():
 
 
 def choice(environ) -> str:
-    """DEEPGEN_MALLOC: 'keep' (the default: keep freed memory), 'one-arena' (and one arena) or
-    'default' (glibc's own behaviour)."""
+    """DEEPGEN_MALLOC: 'keep' (keep freed memory; unset, the same plus one arena where a
+    command asks for it), 'one-arena' (keep it, and one arena in every command) or 'default'
+    (glibc's own behaviour)."""
     value = environ.get(ENV, 'keep')
     if value not in CHOICES:
         raise ValueError(f"{ENV} must be 'keep', 'one-arena' or 'default', got {value!r}")
@@ -81,7 +85,11 @@ def apply(environ=None) -> bool:
 
 def one_arena(environ=None) -> bool:
     """Every thread started from now on allocates from the main heap (see above), unless the
-    user's environment says otherwise; True if it did. Call it before JAX starts its backend."""
+    user's environment says otherwise (DEEPGEN_MALLOC=keep or default, or malloc settings of its
+    own); True if it did. Call it before JAX starts its backend: XLA's threads take their arenas
+    then."""
     environ = os.environ if environ is None else environ
+    if environ.get(ENV) == 'keep':
+        return False
     mallopt = _glibc_mallopt() if wanted(environ) else None
     return mallopt is not None and bool(mallopt(M_ARENA_MAX, 1))

@@ -65,6 +65,7 @@ def test_the_users_own_malloc_settings_stand():
     assert host_memory.apply({'DEEPGEN_MALLOC': 'default'}) is False
     assert host_memory.one_arena({'DEEPGEN_MALLOC': 'default'}) is False
     assert host_memory.one_arena({'MALLOC_ARENA_MAX': '2'}) is False
+    assert host_memory.one_arena({'DEEPGEN_MALLOC': 'keep'}) is False
 
 
 def test_a_bad_setting_is_one_fatal_line():
