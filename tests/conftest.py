@@ -41,6 +41,16 @@ Z_DIM = 100
 IMAGE_SHAPE = (28, 28, 1)
 
 
+def import_research(**env):
+    """(status, stdout, stderr) of `import research` in a fresh process with only `env` set:
+    every command imports research first, so a bad setting read there stops it there."""
+    import subprocess
+    done = subprocess.run([sys.executable, '-c', 'import research; print("imported")'], cwd=REPO,
+                          capture_output=True, text=True, timeout=120,
+                          env={'PATH': '/usr/bin:/bin', **env})
+    return done.returncode, done.stdout, done.stderr
+
+
 def random_images(n, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (n, *IMAGE_SHAPE), dtype=np.uint8)
 
