@@ -22,10 +22,11 @@ Measured on 2 cores of an AMD EPYC (Zen 4), whole processes: char_lm for 150 ste
 page faults and 6.6 s of system time without it, 0.17 million and 0.8 s with it, its log's 231
 examples/s became 360; the classifier for 300 steps 27.2 s against 17.8 (8.5 million page faults
 against 0.18); flow_mnist for 200 steps 95.3 s against 82.9 (328 against 397 examples/s); the
-char LSTM bench step 1.18x (three alternating rounds). It is not the default because the threads then
-share one lock: the small steps lost to it (five alternating rounds of the bench, one arena for
-every process: MLP VAE 0.78x, MLP GAN 0.90x, RBM 0.94x). On a GPU or TPU the temporaries live
-on the device, so there one arena buys nothing (not measured there: DEEPGEN_MALLOC=keep).
+char LSTM bench step 1.18x (three alternating rounds). It is not the default because the
+threads then share one lock: the small steps lost to it (five alternating rounds of the bench,
+one arena for every process: MLP VAE 0.78x, MLP GAN 0.90x, RBM 0.94x). On a GPU or TPU the
+temporaries live on the device, so there one arena buys nothing (not measured there:
+DEEPGEN_MALLOC=keep leaves it out).
 
 The process keeps its peak memory instead of handing it back, which a training process reaches
 again at the next step anyway. Neither does anything where the allocator is not glibc's, where
