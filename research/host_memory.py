@@ -41,7 +41,7 @@ import sys
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8  # glibc's malloc.h
 TRIM_THRESHOLD = 1 << 30
 ENV = 'DEEPGEN_MALLOC'
-CHOICES = ('keep', 'one-arena', 'default')  # DEEPGEN_MALLOC's values; unset is 'keep'
+CHOICES = ('keep', 'one-arena', 'default')  # DEEPGEN_MALLOC's values
 
 
 def _glibc_mallopt():
@@ -57,11 +57,11 @@ def _glibc_mallopt():
 
 
 def choice(environ) -> str:
-    """DEEPGEN_MALLOC: 'keep' (keep freed memory; unset, the same plus one arena where a
-    command asks for it), 'one-arena' (keep it, and one arena in every command) or 'default'
-    (glibc's own behaviour)."""
-    value = environ.get(ENV, 'keep')
-    if value not in CHOICES:
+    """DEEPGEN_MALLOC: '' when unset (keep freed memory, and one arena where a command asks
+    for it), 'keep' (keep freed memory only), 'one-arena' (keep it, and one arena in every
+    command) or 'default' (glibc's own behaviour)."""
+    value = environ.get(ENV, '')  # unset: ''
+    if value and value not in CHOICES:
         raise ValueError(f"{ENV} must be 'keep', 'one-arena' or 'default', got {value!r}")
     return value
 
@@ -76,7 +76,7 @@ def wanted(environ) -> bool:
 def apply(environ=None) -> bool:
     """Keeps freed memory in the process (see above); True if it did."""
     environ = os.environ if environ is None else environ
-    mallopt = _glibc_mallopt() if wanted(environ) else None
+    mallopt = _wanted_mallopt(environ)
     if mallopt is None:
         return False
     done = [mallopt(M_MMAP_MAX, 0), mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)]
@@ -91,7 +91,10 @@ def one_arena(environ=None) -> bool:
     own); True if it did. Call it before JAX starts its backend: XLA's threads take their arenas
     then."""
     environ = os.environ if environ is None else environ
-    if environ.get(ENV) == 'keep':
-        return False
-    mallopt = _glibc_mallopt() if wanted(environ) else None
+    mallopt = None if choice(environ) == 'keep' else _wanted_mallopt(environ)
     return mallopt is not None and bool(mallopt(M_ARENA_MAX, 1))
+
+
+def _wanted_mallopt(environ):
+    """glibc's mallopt where tuning is wanted (see `wanted`), else None."""
+    return _glibc_mallopt() if wanted(environ) else None
